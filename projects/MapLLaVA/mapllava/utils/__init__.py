@@ -1,0 +1,3 @@
+from .polyline import resample_polyline
+
+__all__ = ['resample_polyline']
