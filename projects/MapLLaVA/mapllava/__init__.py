@@ -1,0 +1,5 @@
+"""MapLLaVA: online vectorized HD-map detection with an LLM in the loop (mmdet3d project).
+
+Importing this package registers every component into mmdet3d's registries.
+"""
+from . import utils  # noqa: F401
