@@ -2,4 +2,6 @@
 
 Importing this package registers every component into mmdet3d's registries.
 """
-from . import utils  # noqa: F401
+from .utils import register_safe_globals
+
+register_safe_globals()

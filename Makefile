@@ -1,0 +1,31 @@
+# MapLLaVA quick start: `make demo` (set up, then run the main job on synthetic data) and
+# `make test` (set up, lint, run the test suite). Both build .venv on first use.
+PY := .venv/bin/python
+DATA ?= data/nuscenes
+VERSION ?= v1.0-mini
+SEED ?= 0
+DEMO_CONFIG ?= configs/mapllava/mapllava_tiny_1xb4-demo_synthetic-nus-map.py
+WORK_DIR ?= work_dirs/demo
+
+.PHONY: setup demo data test lint clean
+
+setup:
+	bash tools/setup_env.sh
+
+$(DATA)/$(VERSION)/sample.json: | setup
+	$(PY) tools/create_synthetic_nuscenes.py --out $(DATA) --version $(VERSION) --seed $(SEED)
+
+data: setup $(DATA)/$(VERSION)/sample.json
+	$(PY) tools/create_data.py nuscenes --root-path $(DATA) --version $(VERSION) --out-dir $(DATA)
+
+demo: data
+	@echo "demo: synthetic $(VERSION) generated and converted under $(DATA)"
+
+lint: setup
+	.venv/bin/ruff check projects tools tests configs
+
+test: setup lint
+	.venv/bin/pytest -q
+
+clean:
+	rm -rf $(WORK_DIR)
