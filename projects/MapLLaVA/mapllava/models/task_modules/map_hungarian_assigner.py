@@ -1,0 +1,72 @@
+"""One-to-one matching of map queries to GT polylines, choosing each GT's point order."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from mmdet.models.task_modules import AssignResult, BaseAssigner
+from mmengine.structures import InstanceData
+from scipy.optimize import linear_sum_assignment
+
+from mmdet3d.registry import TASK_UTILS
+
+
+@TASK_UTILS.register_module()
+class MapHungarianAssigner(BaseAssigner):
+    """Hungarian matching with a classification cost plus an order-invariant point cost.
+
+    The point cost of a (query, GT) pair is the minimum over the GT's valid orders
+    (``shifts_valid``); the winning order index is stored as the extra property
+    ``shift_inds`` so the loss regresses towards exactly that order.
+
+    Args:
+        cls_cost: config of a cost on ``pred_instances.scores`` (logits) vs ``labels``.
+        pts_cost: config of a cost returning ``(Q, M, S)`` (e.g. ``OrderedPtsL1Cost``).
+    """
+
+    def __init__(self,
+                 cls_cost: dict = dict(type='mmdet.FocalLossCost', weight=2.0),
+                 pts_cost: dict = dict(type='OrderedPtsL1Cost', weight=5.0)) -> None:
+        self.cls_cost = TASK_UTILS.build(cls_cost)
+        self.pts_cost = TASK_UTILS.build(pts_cost)
+
+    def assign(self,
+               pred_instances: InstanceData,
+               gt_instances: InstanceData,
+               img_meta: Optional[dict] = None,
+               **kwargs) -> AssignResult:
+        """Match queries (``scores (Q, C)``, ``pts (Q, P, 2)``) to GT (``labels``, ``shifts``,
+        ``shifts_valid``).
+
+        Returns:
+            ``AssignResult`` with 1-based ``gt_inds`` (0 = background), ``labels`` (-1 for
+            background) and extra property ``shift_inds`` (-1 for background).
+        """
+        num_q = pred_instances.pts.shape[0]
+        num_gt = len(gt_instances)
+        device = pred_instances.pts.device
+        gt_inds = torch.zeros(num_q, dtype=torch.long, device=device)
+        labels = torch.full((num_q,), -1, dtype=torch.long, device=device)
+        shift_inds = torch.full((num_q,), -1, dtype=torch.long, device=device)
+        if num_gt == 0 or num_q == 0:
+            result = AssignResult(num_gt, gt_inds, None, labels)
+            result.set_extra_property('shift_inds', shift_inds)
+            return result
+        valid = gt_instances.shifts_valid.bool()
+        if not valid.any(1).all():
+            raise ValueError('every GT polyline needs at least one valid order in shifts_valid')
+
+        pts_cost, order = self.pts_cost(pred_instances, gt_instances, img_meta).min(-1)
+        cost = self.cls_cost(pred_instances, gt_instances, img_meta) + pts_cost
+        cost = cost.detach().float().cpu()
+        if not torch.isfinite(cost).all():
+            raise ValueError('non-finite matching cost')
+        q_idx, g_idx = linear_sum_assignment(cost.numpy())
+        q_idx = torch.from_numpy(q_idx).to(device)
+        g_idx = torch.from_numpy(g_idx).to(device)
+        gt_inds[q_idx] = g_idx + 1
+        labels[q_idx] = gt_instances.labels[g_idx].long()
+        shift_inds[q_idx] = order[q_idx, g_idx]
+        result = AssignResult(num_gt, gt_inds, None, labels)
+        result.set_extra_property('shift_inds', shift_inds)
+        return result
