@@ -4,10 +4,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from mmdet3d.registry import TASK_UTILS
 from mmengine.structures import InstanceData
 from torch import Tensor
-
-from mmdet3d.registry import TASK_UTILS
 
 
 @TASK_UTILS.register_module()

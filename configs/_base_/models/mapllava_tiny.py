@@ -1,0 +1,68 @@
+# MapLLaVA, CPU-sized: a narrow ResNet-18 camera branch, 50x25 BEV (1.2 m cells), a 2-layer
+# Q-Former and a random 2-layer Llama (width 128, frozen) and a 2-layer map decoder.
+# Everything trains from scratch; meant for the synthetic demo and the tests.
+custom_imports = dict(imports=['projects.MapLLaVA.mapllava'], allow_failed_imports=False)
+
+class_names = ['divider', 'ped_crossing', 'boundary']
+# BEV grid: x (right) in [-15, 15], y (forward) in [-30, 30]; z only bounds the frustum.
+point_cloud_range = [-15.0, -30.0, -10.0, 15.0, 30.0, 10.0]
+bev_size = (50, 25)  # (bev_h along y, bev_w along x)
+bev_channels = 64
+qformer_width = 128
+llm_width = 128
+embed_dims = 128
+num_vec = 50
+num_pts = 20
+
+model = dict(
+    type='MapLLaVA',
+    data_preprocessor=dict(
+        type='Det3DDataPreprocessor',
+        mean=[123.675, 116.28, 103.53],
+        std=[58.395, 57.12, 57.375],
+        bgr_to_rgb=True,  # images are loaded BGR (mmcv/cv2)
+        pad_size_divisor=32),
+    bev_encoder=dict(
+        type='BEVFusionEncoder',
+        img_backbone=dict(
+            type='mmdet.ResNet', depth=18, base_channels=16, out_indices=(1, 2, 3),
+            norm_cfg=dict(type='BN', requires_grad=True), norm_eval=False),
+        img_neck=dict(type='LSSFPN', in_channels=[32, 64, 128], out_channels=64),
+        view_transform=dict(
+            type='LSSViewTransform', in_channels=64, out_channels=bev_channels,
+            depth_bins=(1.0, 60.0, 1.0), downsample=2),
+        pc_range=point_cloud_range,
+        bev_size=bev_size),
+    neck=dict(
+        type='QFormerNeck',
+        in_channels=bev_channels,
+        num_query_tokens=32,
+        qformer_cfg=dict(
+            hidden_size=qformer_width, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=2 * qformer_width, encoder_hidden_size=qformer_width,
+            cross_attention_frequency=1)),
+    bridge=dict(
+        type='LLMBridge',
+        in_channels=qformer_width,
+        embed_dims=embed_dims,
+        num_map_queries=num_vec,
+        llm_cfg=dict(
+            model_type='llama', hidden_size=llm_width, intermediate_size=4 * llm_width,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+            vocab_size=512, max_position_embeddings=1024),
+        mode='frozen',
+        dtype='fp32'),
+    map_head=dict(
+        type='MapTRHead',
+        num_classes=len(class_names),
+        in_channels=bev_channels,
+        embed_dims=embed_dims,
+        num_vec=num_vec,
+        num_pts=num_pts,
+        num_layers=2,
+        num_heads=4,
+        num_points=4,
+        ffn_dims=2 * embed_dims,
+        dropout=0.0,
+        pc_range=point_cloud_range,
+        max_per_img=50))

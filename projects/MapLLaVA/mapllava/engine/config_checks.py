@@ -1,0 +1,170 @@
+"""Checks of user input that must fail before the first training step, with clear messages.
+
+Used by ``tools/train.py``, ``tools/test.py`` and ``tools/preflight.py``.
+
+``--cfg-options`` keys: mmengine's ``merge_from_dict`` silently creates any key it is given,
+so a typo (``model.head.num_querys=50``) trains the default model. Here every dotted key must
+already exist in the config, component by component (list indices included), except
+
+* keys under :data:`OPEN_CONFIG_PATHS`, runtime dicts whose omitted entries mean "use the
+  default" (``env_cfg``, ``randomness``, ``optim_wrapper`` ...) and may gain new keys;
+* top-level names that ``Runner`` accepts (``work_dir``, ``load_from``, ``model_wrapper_cfg``
+  ...) plus ``runner_type`` and ``checkpoint_check``;
+* keys written with a leading ``+`` (``+model.head.new_arg=1``), the explicit way to add a
+  key anywhere; the ``+`` is stripped before merging.
+"""
+from __future__ import annotations
+
+import difflib
+import inspect
+import os.path as osp
+from typing import Any, Iterator
+
+from mmengine.runner import Runner
+
+OPEN_CONFIG_PATHS = (
+    'env_cfg', 'randomness', 'optim_wrapper', 'optim_wrapper.paramwise_cfg',
+    'optim_wrapper.paramwise_cfg.custom_keys', 'default_hooks', 'auto_scale_lr',
+    'train_cfg', 'val_cfg', 'test_cfg', 'log_processor', 'visualizer', 'checkpoint_check',
+    'preflight')
+_EXTRA_TOP_LEVEL = ('runner_type', 'checkpoint_check', 'preflight')
+PRETRAINED_KEYS = ('llm_path', 'qformer_path', 'blip2_path', 'tokenizer_path',
+                   'pretrained_model_name_or_path', 'llm_name_or_path', 'blip2_name_or_path')
+
+
+class ConfigCheckError(ValueError):
+    """A user-facing problem with the config, its overrides or the files it points to."""
+
+
+def _top_level_names() -> set:
+    return set(inspect.signature(Runner.__init__).parameters) - {'self'} | set(_EXTRA_TOP_LEVEL)
+
+
+def _unknown_reason(cfg: Any, parts: list) -> str | None:
+    """Why ``parts`` is not a path into ``cfg`` (None when it is, or may be created)."""
+    node = cfg
+    for i, part in enumerate(parts):
+        here = '.'.join(parts[:i]) or '<top level>'
+        if isinstance(node, (list, tuple)):
+            if not part.isdigit() or int(part) >= len(node):
+                return f'{here} is a list of {len(node)} items; {part!r} is not an index in it'
+            node = node[int(part)]
+        elif isinstance(node, dict):
+            if part in node:
+                node = node[part]
+                continue
+            if (i == 0 and part in _top_level_names()) or '.'.join(parts[:i]) in \
+                    OPEN_CONFIG_PATHS:
+                return None
+            close = difflib.get_close_matches(part, [str(k) for k in node], n=3)
+            hint = f' (did you mean {", ".join(close)}?)' if close else ''
+            return f'{here} has no key {part!r}{hint}'
+        else:
+            return f'{here} is a {type(node).__name__}, not a dict or list'
+    return None
+
+
+def validate_cfg_options(cfg: Any, options: dict | None) -> dict:
+    """Check ``--cfg-options`` against ``cfg``; return them with ``+`` markers stripped."""
+    if not options:
+        return {}
+    checked, errors = {}, []
+    for key, value in options.items():
+        if key.startswith('+'):
+            checked[key[1:]] = value
+            continue
+        reason = _unknown_reason(cfg, key.split('.'))
+        if reason:
+            errors.append(f'  {key}: {reason}')
+        checked[key] = value
+    if errors:
+        raise ConfigCheckError(
+            'unknown key(s) in --cfg-options:\n' + '\n'.join(errors)
+            + '\n  (prefix a key with + to add a key the config does not have)')
+    return checked
+
+
+def _leaf_datasets(cfg: Any) -> Iterator[Any]:
+    """Datasets inside wrappers (RepeatDataset, CBGSDataset, ConcatDataset)."""
+    if not isinstance(cfg, dict):
+        return
+    if 'dataset' in cfg:
+        yield from _leaf_datasets(cfg['dataset'])
+    elif 'datasets' in cfg:
+        for sub in cfg['datasets']:
+            yield from _leaf_datasets(sub)
+    else:
+        yield cfg
+
+
+def ann_files(cfg: Any, splits: tuple = ('train', 'val', 'test')) -> list:
+    """``(where, data_root, path)`` of every ``ann_file`` of the given dataloaders."""
+    found = []
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not isinstance(loader, dict):
+            continue
+        for ds in _leaf_datasets(loader.get('dataset')):
+            ann = ds.get('ann_file')
+            if not ann:
+                continue
+            root = ds.get('data_root') or ''
+            path = ann if osp.isabs(ann) or not root else osp.join(root, ann)
+            found.append((f'{split}_dataloader.dataset.ann_file', root, path))
+    return found
+
+
+def check_ann_files(cfg: Any, splits: tuple) -> None:
+    """Raise if a dataloader's ``data_root`` or ``ann_file`` is missing on disk."""
+    problems = []
+    for where, root, path in ann_files(cfg, splits):
+        if root and not osp.isdir(root):
+            problems.append(f'  {where}: data_root {root} does not exist')
+        elif not osp.isfile(path):
+            problems.append(f'  {where}: info file {path} does not exist')
+    if problems:
+        raise ConfigCheckError(
+            'dataset files missing:\n' + '\n'.join(problems)
+            + '\n  (create the infos with tools/create_data.py, or fix data_root/ann_file)')
+
+
+def pretrained_refs(cfg: Any, where: str = 'model') -> list:
+    """``(config path, value)`` of every LLM / BLIP-2 / tokenizer reference in ``cfg``."""
+    refs = []
+    if isinstance(cfg, dict):
+        for key, value in cfg.items():
+            sub = f'{where}.{key}'
+            if key in PRETRAINED_KEYS and isinstance(value, str) and value:
+                refs.append((sub, value))
+            else:
+                refs += pretrained_refs(value, sub)
+    elif isinstance(cfg, (list, tuple)):
+        for i, value in enumerate(cfg):
+            refs += pretrained_refs(value, f'{where}.{i}')
+    return refs
+
+
+def resolve_pretrained(ref: str) -> tuple:
+    """``(ok, detail)``: a local folder with config.json, or a hub id in the offline cache."""
+    if osp.isdir(ref):
+        ok = osp.isfile(osp.join(ref, 'config.json'))
+        return ok, f'local folder {ref}' + ('' if ok else ' has no config.json')
+    if osp.exists(ref) or ref.startswith(('.', '/', '~')) or ref.count('/') != 1:
+        return False, f'{ref} is neither a model folder nor a hub id'
+    try:
+        from huggingface_hub import try_to_load_from_cache
+        cached = try_to_load_from_cache(ref, 'config.json')
+    except Exception as exc:  # invalid repo id and friends
+        return False, f'{ref}: {exc}'
+    if isinstance(cached, str):
+        return True, f'hub id {ref} found in the local HF cache'
+    return False, (f'{ref} is not a local folder and not in the local HF cache '
+                   '(no internet: download it first, or point the config at a folder)')
+
+
+def check_pretrained(cfg: Any) -> None:
+    """Raise if an LLM / BLIP-2 reference in ``cfg.model`` cannot be resolved offline."""
+    problems = [f'  {where}: {detail}' for where, ref in pretrained_refs(cfg.get('model', {}))
+                for ok, detail in [resolve_pretrained(ref)] if not ok]
+    if problems:
+        raise ConfigCheckError('pretrained weights not found:\n' + '\n'.join(problems))

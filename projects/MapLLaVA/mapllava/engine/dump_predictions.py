@@ -1,0 +1,74 @@
+"""``DumpMapPredictions``: write test predictions in the offline evaluator's format.
+
+``tools/test.py --out preds.pkl`` appends this metric to ``test_evaluator`` so one test run
+gives both the online metrics and a file ``tools/eval_map.py`` can score again later. It
+subclasses ``BaseMetric`` so results from every rank are gathered by mmengine before rank 0
+writes the file.
+"""
+from __future__ import annotations
+
+import io
+import os
+import os.path as osp
+import pickle
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from mmdet3d.registry import METRICS
+from mmengine.evaluator import BaseMetric
+
+from .map_runner import atomic_write
+
+FORMAT_NAME = 'mapllava-predictions'
+FORMAT_VERSION = 1
+
+
+def _numpy(x, dtype) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def prediction_record(data_sample: dict) -> dict:
+    """One sample's predictions as plain numpy: token, polylines, scores, labels."""
+    pred = data_sample['pred_instances_3d']
+    return dict(token=data_sample['token'],
+                polylines=_numpy(pred['polylines'], np.float32),
+                scores=_numpy(pred['scores'], np.float32),
+                labels=_numpy(pred['labels'], np.int64))
+
+
+@METRICS.register_module()
+class DumpMapPredictions(BaseMetric):
+    """Collect ``pred_instances_3d`` per sample and pickle them to ``out_file_path``.
+
+    File layout: ``dict(meta=dict(format, version, classes, roi_size),
+    results=[dict(token, polylines (K, P, 2) float32, scores (K,), labels (K,)), ...])``.
+    Returns no metrics.
+    """
+
+    default_prefix = 'dump'
+
+    def __init__(self, out_file_path: str, collect_device: str = 'cpu',
+                 prefix: Optional[str] = None) -> None:
+        super().__init__(collect_device=collect_device, prefix=prefix)
+        if not out_file_path.endswith(('.pkl', '.pickle')):
+            raise ValueError(f'--out must end with .pkl, got {out_file_path!r}')
+        self.out_file_path = out_file_path
+
+    def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
+        """Keep only what the offline evaluator needs (small, CPU numpy)."""
+        self.results.extend(prediction_record(ds) for ds in data_samples)
+
+    def compute_metrics(self, results: list) -> dict:
+        """Write the file on rank 0 (mmengine calls this there only)."""
+        meta = dict(format=FORMAT_NAME, version=FORMAT_VERSION)
+        if self.dataset_meta:
+            meta.update(classes=tuple(self.dataset_meta.get('classes', ())),
+                        roi_size=self.dataset_meta.get('roi_size'))
+        buf = io.BytesIO()
+        pickle.dump(dict(meta=meta, results=results), buf, protocol=pickle.HIGHEST_PROTOCOL)
+        os.makedirs(osp.dirname(osp.abspath(self.out_file_path)), exist_ok=True)
+        atomic_write(self.out_file_path, buf.getvalue())
+        return {}

@@ -1,0 +1,146 @@
+"""``MapRunner``: mmengine's Runner with crash-safe checkpoints and strict checkpoint loading.
+
+Three differences from ``mmengine.runner.Runner``, all at its own extension points:
+
+* ``save_checkpoint`` writes ``<name>.tmp`` next to the target and ``os.replace``s it, so a
+  process killed mid-save leaves the previous file (and ``last_checkpoint``) usable.
+* ``load_checkpoint`` (used by ``load_from`` and by resume) raises
+  :class:`CheckpointMismatchError` naming missing / unexpected / mis-shaped keys instead of
+  logging a warning and training a half-loaded model. The reference is
+  ``model.state_dict()``, so weights a module deliberately leaves out of its state dict
+  (the frozen LLM) are not expected. ``checkpoint_check=dict(allow_missing=[...],
+  allow_unexpected=[...])`` in the config lists fnmatch patterns to accept, e.g. new LoRA
+  weights when a stage-3 config loads a stage-2 checkpoint.
+* ``dump_config`` also writes the resolved config to ``<work_dir>/config.py``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import os.path as osp
+import re
+from typing import Iterable, Optional
+
+from mmdet3d.registry import RUNNERS
+from mmengine.dist import master_only
+from mmengine.fileio import LocalBackend, get_file_backend
+from mmengine.model import is_model_wrapper
+from mmengine.runner import Runner
+
+_DEFAULT_REVISE_KEYS = [(r'^module\.', '')]
+_MAX_LISTED = 20
+
+
+class CheckpointMismatchError(ValueError):
+    """The checkpoint's state dict does not fit the model."""
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through ``path + '.tmp'`` and ``os.replace``."""
+    tmp = path + '.tmp'
+    try:
+        with open(tmp, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _matches(key: str, patterns: Iterable[str]) -> bool:
+    return any(fnmatch.fnmatchcase(key, p) for p in patterns)
+
+
+def _listing(title: str, keys: list) -> str:
+    shown = ', '.join(keys[:_MAX_LISTED])
+    more = f' ... (+{len(keys) - _MAX_LISTED} more)' if len(keys) > _MAX_LISTED else ''
+    return f'  {title} ({len(keys)}): {shown}{more}'
+
+
+def check_state_dict(model_state: dict, ckpt_state: dict, source: str = 'checkpoint',
+                     allow_missing: Iterable[str] = (),
+                     allow_unexpected: Iterable[str] = ()) -> None:
+    """Raise :class:`CheckpointMismatchError` unless ``ckpt_state`` fits ``model_state``.
+
+    Both are name -> tensor mappings; keys matching the fnmatch patterns in
+    ``allow_missing`` / ``allow_unexpected`` are tolerated.
+    """
+    missing = sorted(k for k in model_state
+                     if k not in ckpt_state and not _matches(k, allow_missing))
+    unexpected = sorted(k for k in ckpt_state
+                        if k not in model_state and not _matches(k, allow_unexpected))
+    shape = sorted(
+        f'{k} {tuple(ckpt_state[k].shape)} vs model {tuple(v.shape)}'
+        for k, v in model_state.items()
+        if k in ckpt_state and hasattr(v, 'shape') and hasattr(ckpt_state[k], 'shape')
+        and tuple(ckpt_state[k].shape) != tuple(v.shape))
+    if not (missing or unexpected or shape):
+        return
+    lines = [f'{source} does not match the model:']
+    if missing:
+        lines.append(_listing('missing in checkpoint', missing))
+    if unexpected:
+        lines.append(_listing('unexpected in checkpoint', unexpected))
+    if shape:
+        lines.append(_listing('shape mismatch', shape))
+    lines.append('  (set checkpoint_check=dict(allow_missing=[...], allow_unexpected=[...]) '
+                 'with fnmatch patterns in the config if this is intended)')
+    raise CheckpointMismatchError('\n'.join(lines))
+
+
+@RUNNERS.register_module()
+class MapRunner(Runner):
+    """Runner with atomic checkpoint writes, strict checkpoint loading and config.py."""
+
+    @master_only
+    def save_checkpoint(self, out_dir: str, filename: str,
+                        file_client_args: Optional[dict] = None, save_optimizer: bool = True,
+                        save_param_scheduler: bool = True, meta: Optional[dict] = None,
+                        by_epoch: bool = True, backend_args: Optional[dict] = None) -> None:
+        """Save like mmengine, but to ``<filename>.tmp`` first, then rename into place."""
+        kwargs = dict(file_client_args=file_client_args, save_optimizer=save_optimizer,
+                      save_param_scheduler=save_param_scheduler, meta=meta,
+                      by_epoch=by_epoch, backend_args=backend_args)
+        backend = get_file_backend(out_dir, backend_args=backend_args)
+        if file_client_args is not None or not isinstance(backend, LocalBackend):
+            # remote stores have their own put semantics; nothing to rename there
+            super().save_checkpoint(out_dir, filename, **kwargs)
+            return
+        final, tmp = osp.join(out_dir, filename), osp.join(out_dir, filename + '.tmp')
+        try:
+            super().save_checkpoint(out_dir, filename + '.tmp', **kwargs)
+            _fsync_file(tmp)
+            os.replace(tmp, final)
+        finally:
+            if osp.exists(tmp):
+                os.remove(tmp)
+
+    def load_checkpoint(self, filename: str, map_location: str = 'cpu', strict: bool = False,
+                        revise_keys: list = _DEFAULT_REVISE_KEYS) -> dict:
+        """Load like mmengine, then fail loudly if the keys did not fit the model."""
+        checkpoint = super().load_checkpoint(filename, map_location, strict, revise_keys)
+        state = checkpoint.get('state_dict', checkpoint)
+        for pattern, repl in revise_keys:
+            state = {re.sub(pattern, repl, k): v for k, v in state.items()}
+        model = self.model.module if is_model_wrapper(self.model) else self.model
+        allow = self.cfg.get('checkpoint_check', None) or {}
+        check_state_dict(model.state_dict(), state, source=f'checkpoint {filename}',
+                         allow_missing=allow.get('allow_missing', ()),
+                         allow_unexpected=allow.get('allow_unexpected', ()))
+        return checkpoint
+
+    @master_only
+    def dump_config(self) -> None:
+        """Dump as mmengine does, and also to the fixed name ``<work_dir>/config.py``."""
+        super().dump_config()
+        atomic_write(osp.join(self.work_dir, 'config.py'), self.cfg.pretty_text.encode())

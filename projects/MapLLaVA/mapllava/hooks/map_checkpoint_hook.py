@@ -1,0 +1,95 @@
+"""``MapCheckpointHook``: the project's checkpoint names on top of mmengine's CheckpointHook.
+
+* every ``interval`` epochs: ``checkpoint_epoch_N.pth`` (model, optimizer, schedulers,
+  message hub: what resume needs; ``last_checkpoint`` points at it, ``max_keep_ckpts``
+  prunes old ones);
+* after a validation that improves ``save_best`` (mAP, higher is better): ``best_model.pth``
+  (weights and meta only), overwritten in place;
+* when training ends: ``final_model.pth`` (weights and meta only).
+
+Writing each file atomically is the runner's job (``MapRunner.save_checkpoint``); unlike
+mmengine's best-checkpoint logic this hook never deletes the previous best before the new
+one is written.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from mmdet3d.registry import HOOKS
+from mmengine.hooks import CheckpointHook
+from mmengine.logging import print_log
+
+
+@HOOKS.register_module()
+class MapCheckpointHook(CheckpointHook):
+    """CheckpointHook writing checkpoint_epoch_N.pth, best_model.pth and final_model.pth.
+
+    Args:
+        save_best: validation metric deciding ``best_model.pth`` (``None`` disables it). An
+            evaluator prefix is tolerated: ``'mAP'`` also matches ``'chamfer/mAP'``.
+        rule: ``'greater'`` or ``'less'``.
+        best_filename / final_filename: names of the two fixed files.
+        Other arguments are ``CheckpointHook``'s.
+    """
+
+    def __init__(self, interval: int = 1, by_epoch: bool = True,
+                 save_best: Optional[str] = 'mAP', rule: Optional[str] = 'greater',
+                 filename_tmpl: Optional[str] = None,
+                 best_filename: str = 'best_model.pth',
+                 final_filename: str = 'final_model.pth', **kwargs) -> None:
+        if save_best is not None and (not isinstance(save_best, str) or save_best == 'auto'):
+            raise TypeError(f'MapCheckpointHook.save_best takes one metric name, '
+                            f'got {save_best!r}')
+        if filename_tmpl is None:
+            filename_tmpl = 'checkpoint_epoch_{}.pth' if by_epoch else 'checkpoint_iter_{}.pth'
+        super().__init__(interval=interval, by_epoch=by_epoch, save_best=save_best,
+                         rule=rule, filename_tmpl=filename_tmpl, **kwargs)
+        self.best_filename = best_filename
+        self.final_filename = final_filename
+
+    def _metric_key(self, metrics: dict) -> Optional[str]:
+        key = self.key_indicators[0]
+        if key in metrics:
+            return key
+        suffixed = [k for k in metrics if k.endswith('/' + key)]
+        return suffixed[0] if len(suffixed) == 1 else None
+
+    def _save_best_checkpoint(self, runner, metrics: dict) -> None:
+        """Overwrite ``best_model.pth`` when the metric improves (replaces mmengine's)."""
+        if not self.save_best:
+            return
+        key = self._metric_key(metrics)
+        if key is None:
+            print_log(f'MapCheckpointHook: metric {self.key_indicators[0]!r} not among '
+                      f'{sorted(metrics)}; best_model.pth not updated', logger='current',
+                      level='WARNING')
+            return
+        score = metrics[key]
+        rule = self.rules[0]
+        best = runner.message_hub.get_info('best_score', self.init_value_map[rule])
+        if score is None or not self.rule_map[rule](score, best):
+            return
+        runner.message_hub.update_info('best_score', score)
+        self.best_ckpt_path = self.file_backend.join_path(self.out_dir, self.best_filename)
+        runner.message_hub.update_info('best_ckpt', self.best_ckpt_path)
+        step = runner.epoch if self.by_epoch else runner.iter
+        meta = dict(epoch=runner.epoch, iter=runner.iter, best_metric=key, best_score=score)
+        runner.save_checkpoint(self.out_dir, self.best_filename,
+                               save_optimizer=False, save_param_scheduler=False, meta=meta,
+                               by_epoch=False, backend_args=self.backend_args)
+        runner.logger.info(f'best {key} {score:.4f} at {"epoch" if self.by_epoch else "iter"} '
+                           f'{step}: saved {self.best_filename}')
+        # as mmengine does: re-save the latest periodic checkpoint, whose message hub must
+        # know the new best score for resume to keep comparing against it
+        if self.last_ckpt is not None:
+            self._save_checkpoint_with_step(runner, step, dict(epoch=runner.epoch,
+                                                               iter=runner.iter))
+
+    def after_train(self, runner) -> None:
+        """Publish as mmengine does, then write ``final_model.pth``."""
+        super().after_train(runner)
+        runner.save_checkpoint(self.out_dir, self.final_filename,
+                               save_optimizer=False, save_param_scheduler=False,
+                               meta=dict(epoch=runner.epoch, iter=runner.iter),
+                               by_epoch=False, backend_args=self.backend_args)
+        runner.logger.info(f'final model saved to {self.final_filename}')

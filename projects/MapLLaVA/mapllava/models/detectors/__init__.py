@@ -1,0 +1,3 @@
+from .mapllava import MapLLaVA
+
+__all__ = ['MapLLaVA']

@@ -1,0 +1,289 @@
+"""MapTR-style vector map head fed by instance queries that come out of the LLM bridge."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from mmdet.models.layers import MLP, inverse_sigmoid
+from mmdet.utils import reduce_mean
+from mmdet3d.registry import MODELS, TASK_UTILS
+from mmengine.model import BaseModule, bias_init_with_prob
+from mmengine.structures import InstanceData
+from torch import Tensor, nn
+
+from .map_decoder import MapDecoderLayer
+
+
+def normalize_pts(pts: Tensor, pc_range: Tensor) -> Tensor:
+    """Metres in the LiDAR frame -> [0, 1] over the ROI ``(xmin, ymin, xmax, ymax)``."""
+    return (pts - pc_range[:2]) / (pc_range[2:] - pc_range[:2])
+
+
+def denormalize_pts(pts: Tensor, pc_range: Tensor) -> Tensor:
+    """Inverse of :func:`normalize_pts`."""
+    return pts * (pc_range[2:] - pc_range[:2]) + pc_range[:2]
+
+
+@MODELS.register_module()
+class MapTRHead(BaseModule):
+    """Hierarchical-query decoder (instance query + point query) over the BEV map.
+
+    Each of the ``num_vec`` instance queries given by the bridge is expanded into ``num_pts``
+    point queries. Every decoder layer refines the normalized point positions (the reference
+    points of the deformable cross-attention) and predicts per-instance class logits, so all
+    layers are supervised. Coordinates are normalized over ``pc_range``: x over the BEV width,
+    y over its height, row 0 at ``ymin`` -- the BEV encoder's grid convention.
+
+    Args:
+        num_classes: number of map classes.
+        in_channels: channels of the BEV map.
+        embed_dims: width of the queries (the bridge's output width).
+        num_vec: instance queries per sample (as many as the bridge emits).
+        num_pts: points per polyline.
+        num_layers: decoder layers.
+        num_heads: attention heads.
+        num_points: deformable sampling points per head.
+        ffn_dims: hidden width of the FFN.
+        dropout: dropout in the decoder.
+        pc_range: ROI ``(xmin, ymin, xmax, ymax)`` in metres; a 6-value
+            ``(xmin, ymin, zmin, xmax, ymax, zmax)`` range (the BEV encoder's) is accepted too.
+        num_aux_vec: extra learnable instance queries of the one-to-many group (MapTRv2);
+            0 disables it. Used only in training; masked from the main group in self-attention.
+        aux_repeat_k: times the GT is repeated for the one-to-many group.
+        aux_loss_weight: weight of the one-to-many losses.
+        max_per_img: top-k kept by :meth:`predict_by_feat`.
+        assigner: one-to-one assigner config.
+        loss_cls: classification loss config (sigmoid focal loss).
+        loss_pts: point regression loss config on normalized coordinates.
+        loss_dir_weight: weight of the ``1 - cos`` loss between consecutive point differences.
+    """
+
+    def __init__(self,
+                 num_classes: int = 3,
+                 in_channels: int = 256,
+                 embed_dims: int = 256,
+                 num_vec: int = 50,
+                 num_pts: int = 20,
+                 num_layers: int = 6,
+                 num_heads: int = 8,
+                 num_points: int = 4,
+                 ffn_dims: int = 512,
+                 dropout: float = 0.1,
+                 pc_range: Sequence[float] = (-15.0, -30.0, 15.0, 30.0),
+                 num_aux_vec: int = 0,
+                 aux_repeat_k: int = 6,
+                 aux_loss_weight: float = 1.0,
+                 max_per_img: int = 50,
+                 assigner: dict = dict(
+                     type='MapHungarianAssigner',
+                     cls_cost=dict(type='mmdet.FocalLossCost', weight=2.0),
+                     pts_cost=dict(type='OrderedPtsL1Cost', weight=5.0)),
+                 loss_cls: dict = dict(
+                     type='mmdet.FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25,
+                     loss_weight=2.0),
+                 loss_pts: dict = dict(type='mmdet.L1Loss', loss_weight=5.0),
+                 loss_dir_weight: float = 0.005,
+                 init_cfg: Optional[dict] = None) -> None:
+        super().__init__(init_cfg)
+        self.num_classes = num_classes
+        self.embed_dims = embed_dims
+        self.num_vec = num_vec
+        self.num_pts = num_pts
+        self.num_aux_vec = num_aux_vec
+        self.aux_repeat_k = aux_repeat_k
+        self.aux_loss_weight = aux_loss_weight
+        self.max_per_img = max_per_img
+        self.loss_dir_weight = loss_dir_weight
+        if len(pc_range) == 6:
+            pc_range = (pc_range[0], pc_range[1], pc_range[3], pc_range[4])
+        self.register_buffer('pc_range', torch.tensor(pc_range, dtype=torch.float32),
+                             persistent=False)
+
+        self.bev_proj = nn.Conv2d(in_channels, embed_dims, 1)
+        self.query_norm = nn.LayerNorm(embed_dims)
+        self.pts_embed = nn.Embedding(num_pts, embed_dims)
+        self.pts_pos = nn.Embedding(num_pts, embed_dims)
+        self.inst_pos = nn.Embedding(num_vec + num_aux_vec, embed_dims)
+        self.aux_queries = nn.Embedding(num_aux_vec, embed_dims) if num_aux_vec else None
+        self.reference_points = nn.Linear(embed_dims, 2)
+        self.layers = nn.ModuleList(
+            MapDecoderLayer(embed_dims, num_heads, num_points, ffn_dims, dropout)
+            for _ in range(num_layers))
+        self.cls_branches = nn.ModuleList(
+            MLP(embed_dims, embed_dims, num_classes, 2) for _ in range(num_layers))
+        self.reg_branches = nn.ModuleList(
+            MLP(embed_dims, embed_dims, 2, 3) for _ in range(num_layers))
+        for cls_branch, reg_branch in zip(self.cls_branches, self.reg_branches):
+            nn.init.constant_(cls_branch.layers[-1].bias, bias_init_with_prob(0.01))
+            # start every layer at its reference points (Deformable DETR's refinement init)
+            nn.init.zeros_(reg_branch.layers[-1].weight)
+            nn.init.zeros_(reg_branch.layers[-1].bias)
+        nn.init.xavier_uniform_(self.reference_points.weight)
+        nn.init.zeros_(self.reference_points.bias)
+
+        self.assigner = TASK_UTILS.build(assigner)
+        self.loss_cls = MODELS.build(loss_cls)
+        self.loss_pts = MODELS.build(loss_pts)
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, bev: Tensor, instance_queries: Tensor) -> dict[str, Tensor]:
+        """Decode ``bev (B, C, bev_h, bev_w)`` with ``instance_queries (B, num_vec, D)``.
+
+        Returns:
+            ``cls_scores (L, B, num_vec, C)`` logits and ``pts_preds (L, B, num_vec, P, 2)``
+            normalized to [0, 1]; in training with the one-to-many group also
+            ``aux_cls_scores`` / ``aux_pts_preds`` for its ``num_aux_vec`` queries.
+        """
+        batch, _, bev_h, bev_w = bev.shape
+        if instance_queries.shape[1] != self.num_vec:
+            raise ValueError(f'expected {self.num_vec} instance queries, '
+                             f'got {instance_queries.shape[1]}')
+        param = self.reference_points.weight
+        value = self.bev_proj(bev.to(param.dtype)).flatten(2).transpose(1, 2)
+        spatial_shapes = torch.tensor([[bev_h, bev_w]], device=bev.device)
+        level_start_index = spatial_shapes.new_zeros(1)
+
+        inst = self.query_norm(instance_queries.to(param.dtype))
+        with_aux = self.training and self.aux_queries is not None
+        if with_aux:
+            inst = torch.cat([inst, self.aux_queries.weight.expand(batch, -1, -1)], dim=1)
+        num_inst = inst.shape[1]
+        query = (inst[:, :, None] + self.pts_embed.weight).flatten(1, 2)
+        query_pos = (self.inst_pos.weight[:num_inst, None] + self.pts_pos.weight).flatten(0, 1)
+        query_pos = query_pos.expand(batch, -1, -1)
+        attn_mask = self._group_mask(num_inst, bev.device) if with_aux else None
+        ref = self.reference_points(query + query_pos).sigmoid()
+
+        all_cls, all_pts = [], []
+        for layer, cls_branch, reg_branch in zip(self.layers, self.cls_branches,
+                                                 self.reg_branches):
+            query = layer(query, query_pos, value, ref, spatial_shapes, level_start_index,
+                          attn_mask)
+            feats = query.view(batch, num_inst, self.num_pts, -1)
+            all_cls.append(cls_branch(feats.mean(2)))
+            new_ref = (inverse_sigmoid(ref) + reg_branch(query)).sigmoid()
+            all_pts.append(new_ref.view(batch, num_inst, self.num_pts, 2))
+            ref = new_ref.detach()
+        cls_scores, pts_preds = torch.stack(all_cls), torch.stack(all_pts)
+        out = dict(cls_scores=cls_scores[:, :, :self.num_vec],
+                   pts_preds=pts_preds[:, :, :self.num_vec])
+        if with_aux:
+            out.update(aux_cls_scores=cls_scores[:, :, self.num_vec:],
+                       aux_pts_preds=pts_preds[:, :, self.num_vec:])
+        return out
+
+    def denormalize(self, pts: Tensor) -> Tensor:
+        """Normalized points -> metres in the LiDAR frame."""
+        return denormalize_pts(pts.float(), self.pc_range)
+
+    def _group_mask(self, num_inst: int, device: torch.device) -> Tensor:
+        """Self-attention mask keeping the main and one-to-many groups apart (True = blocked),
+        so the main queries behave the same whether or not the auxiliary group is present."""
+        group = torch.arange(num_inst, device=device) >= self.num_vec
+        group = group.repeat_interleave(self.num_pts)
+        return group[:, None] != group[None, :]
+
+    # ------------------------------------------------------------------ training
+    def loss(self, bev: Tensor, instance_queries: Tensor,
+             batch_data_samples: list) -> dict[str, Tensor]:
+        """Forward and compute losses against ``data_sample.gt_instances_3d``."""
+        preds = self(bev, instance_queries)
+        return self.loss_by_feat(preds, [s.gt_instances_3d for s in batch_data_samples])
+
+    def loss_by_feat(self, preds: dict[str, Tensor],
+                     batch_gt_instances: list[InstanceData]) -> dict[str, Tensor]:
+        """Losses of every decoder layer: ``loss_cls/pts/dir`` for the last layer,
+        ``d{i}.loss_*`` for earlier ones and ``o2m.``-prefixed ones for the one-to-many group.
+
+        ``batch_gt_instances`` hold ``labels (M,)``, ``shifts (M, S, P, 2)`` in metres and
+        ``shifts_valid (M, S)``.
+        """
+        device = preds['cls_scores'].device
+        gts = [self._prepare_gt(gt, device) for gt in batch_gt_instances]
+        losses = self._loss_layers(preds['cls_scores'], preds['pts_preds'], gts)
+        if 'aux_cls_scores' in preds:
+            rep = [InstanceData(labels=g.labels.repeat(self.aux_repeat_k),
+                                shifts=g.shifts.repeat(self.aux_repeat_k, 1, 1, 1),
+                                shifts_valid=g.shifts_valid.repeat(self.aux_repeat_k, 1))
+                   for g in gts]
+            aux = self._loss_layers(preds['aux_cls_scores'], preds['aux_pts_preds'], rep)
+            losses.update({f'o2m.{k}': v * self.aux_loss_weight for k, v in aux.items()})
+        return losses
+
+    def _prepare_gt(self, gt: InstanceData, device: torch.device) -> InstanceData:
+        """GT as tensors on ``device`` with shifts normalized over the ROI."""
+        shifts = torch.as_tensor(gt.shifts, dtype=torch.float32, device=device)
+        return InstanceData(
+            labels=torch.as_tensor(gt.labels, device=device).long(),
+            shifts=normalize_pts(shifts, self.pc_range),
+            shifts_valid=torch.as_tensor(gt.shifts_valid, device=device).bool())
+
+    def _loss_layers(self, all_cls: Tensor, all_pts: Tensor,
+                     gts: list[InstanceData]) -> dict[str, Tensor]:
+        losses = {}
+        num_layers = all_cls.shape[0]
+        for i in range(num_layers):
+            prefix = '' if i == num_layers - 1 else f'd{i}.'
+            cls_loss, pts_loss, dir_loss = self._loss_single(all_cls[i], all_pts[i], gts)
+            losses[f'{prefix}loss_cls'] = cls_loss
+            losses[f'{prefix}loss_pts'] = pts_loss
+            losses[f'{prefix}loss_dir'] = dir_loss
+        return losses
+
+    def _loss_single(self, cls_scores: Tensor, pts_preds: Tensor,
+                     gts: list[InstanceData]) -> tuple[Tensor, Tensor, Tensor]:
+        """Losses of one layer; ``cls_scores (B, V, C)``, ``pts_preds (B, V, P, 2)``."""
+        cls_scores, pts_preds = cls_scores.float(), pts_preds.float()
+        labels, pos_preds, pos_targets = [], [], []
+        for cls_b, pts_b, gt in zip(cls_scores, pts_preds, gts):
+            result = self.assigner.assign(
+                InstanceData(scores=cls_b.detach(), pts=pts_b.detach()), gt)
+            pos = result.gt_inds > 0
+            label = torch.full_like(result.labels, self.num_classes)
+            label[pos] = result.labels[pos]
+            labels.append(label)
+            gt_idx = result.gt_inds[pos] - 1
+            shift_idx = result.get_extra_property('shift_inds')[pos]
+            pos_preds.append(pts_b[pos])
+            pos_targets.append(gt.shifts[gt_idx, shift_idx])
+        pos_preds, pos_targets = torch.cat(pos_preds), torch.cat(pos_targets)
+        num_pos = reduce_mean(cls_scores.new_tensor(float(len(pos_preds)))).clamp(min=1).item()
+
+        loss_cls = self.loss_cls(cls_scores.flatten(0, 1), torch.cat(labels),
+                                 avg_factor=num_pos)
+        if len(pos_preds) == 0:
+            zero = pts_preds.sum() * 0
+            return loss_cls, zero, zero
+        loss_pts = self.loss_pts(pos_preds, pos_targets, avg_factor=num_pos * self.num_pts)
+        # directions in metres: the ROI is not square, normalized angles would be skewed
+        pred_dir = denormalize_pts(pos_preds, self.pc_range).diff(dim=1)
+        gt_dir = denormalize_pts(pos_targets, self.pc_range).diff(dim=1)
+        cos = F.cosine_similarity(pred_dir, gt_dir, dim=-1)
+        loss_dir = (1 - cos).sum() / (num_pos * (self.num_pts - 1)) * self.loss_dir_weight
+        return loss_cls, loss_pts, loss_dir
+
+    # ------------------------------------------------------------------ inference
+    def predict(self, bev: Tensor, instance_queries: Tensor,
+                batch_data_samples: Optional[list] = None) -> list[InstanceData]:
+        """Forward and decode; see :meth:`predict_by_feat`."""
+        return self.predict_by_feat(self(bev, instance_queries))
+
+    def predict_by_feat(self, preds: dict[str, Tensor]) -> list[InstanceData]:
+        """Top-k over (query, class) sigmoid scores of the last layer (MapTR's NMS-free coder).
+
+        Returns:
+            per sample ``InstanceData(polylines (K, P, 2) metres in the LiDAR frame,
+            scores (K,), labels (K,))``.
+        """
+        cls_scores = preds['cls_scores'][-1].float()
+        pts_preds = preds['pts_preds'][-1].float()
+        results = []
+        for cls_b, pts_b in zip(cls_scores, pts_preds):
+            scores, idx = cls_b.sigmoid().flatten().topk(min(self.max_per_img, cls_b.numel()))
+            labels = idx % self.num_classes
+            query = torch.div(idx, self.num_classes, rounding_mode='floor')
+            results.append(InstanceData(
+                polylines=self.denormalize(pts_b[query]),
+                scores=scores, labels=labels))
+        return results
