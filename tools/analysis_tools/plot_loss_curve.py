@@ -57,8 +57,9 @@ def plot(train: dict, val: dict, keys: list, out: str, val_keys: list | None = N
     missing = [k for k in keys if k not in train]
     if missing:
         raise KeyError(f'keys {missing} not in the log; available: {sorted(train)}')
-    val_keys = [k for k in (val_keys if val_keys is not None else sorted(val))
-                if k in val and k != 'data_time' and k != 'time']
+    if val_keys is None:  # default: the AP-like metrics, else every validation number
+        val_keys = [k for k in sorted(val) if 'AP' in k] or sorted(val)
+    val_keys = [k for k in val_keys if k in val and k not in ('data_time', 'time')]
     fig = Figure(figsize=(10 if val_keys else 6, 4), dpi=100)
     ax = fig.add_subplot(1, 2 if val_keys else 1, 1)
     for key in keys:
@@ -86,7 +87,7 @@ def main(argv=None) -> None:
     parser.add_argument('path', help='work dir, or a vis_data/scalars.json file')
     parser.add_argument('--keys', nargs='+', default=['loss'], help='training keys to plot')
     parser.add_argument('--val-keys', nargs='*', default=None,
-                        help='validation keys (default: all numeric ones)')
+                        help='validation keys (default: those with AP in the name)')
     parser.add_argument('--out', default='loss_curve.png', help='output PNG')
     args = parser.parse_args(argv)
     train, val = load_series(find_scalar_files(args.path))

@@ -28,8 +28,8 @@ OPEN_CONFIG_PATHS = (
     'train_cfg', 'val_cfg', 'test_cfg', 'log_processor', 'visualizer', 'checkpoint_check',
     'preflight')
 _EXTRA_TOP_LEVEL = ('runner_type', 'checkpoint_check', 'preflight')
-PRETRAINED_KEYS = ('llm_path', 'qformer_path', 'blip2_path', 'tokenizer_path',
-                   'pretrained_model_name_or_path', 'llm_name_or_path', 'blip2_name_or_path')
+# keys naming Hugging Face checkpoints: anywhere in the model, or only inside dicts of a type
+PRETRAINED_KEYS = {'llm_path': None, 'tokenizer_path': None, 'pretrained': 'QFormerNeck'}
 
 
 class ConfigCheckError(ValueError):
@@ -128,13 +128,20 @@ def check_ann_files(cfg: Any, splits: tuple) -> None:
             + '\n  (create the infos with tools/create_data.py, or fix data_root/ann_file)')
 
 
+def _is_pretrained_ref(parent: dict, key: Any, value: Any) -> bool:
+    if key not in PRETRAINED_KEYS or not isinstance(value, str) or not value:
+        return False
+    owner = PRETRAINED_KEYS[key]
+    return owner is None or str(parent.get('type', '')).endswith(owner)
+
+
 def pretrained_refs(cfg: Any, where: str = 'model') -> list:
     """``(config path, value)`` of every LLM / BLIP-2 / tokenizer reference in ``cfg``."""
     refs = []
     if isinstance(cfg, dict):
         for key, value in cfg.items():
             sub = f'{where}.{key}'
-            if key in PRETRAINED_KEYS and isinstance(value, str) and value:
+            if _is_pretrained_ref(cfg, key, value):
                 refs.append((sub, value))
             else:
                 refs += pretrained_refs(value, sub)

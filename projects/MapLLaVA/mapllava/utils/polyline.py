@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numba
 import numpy as np
 
 
@@ -39,19 +40,17 @@ def resample_polyline(points: np.ndarray, num_pts: int) -> np.ndarray:
     return res.astype(out_dtype)
 
 
-def resample_polylines(polylines: Sequence[np.ndarray] | np.ndarray, num_pts: int,
-                       chunk: int = 8192) -> np.ndarray:
-    """Batched :func:`resample_polyline`: same arithmetic, one numpy pass per chunk of lines.
+def resample_polylines(polylines: Sequence[np.ndarray] | np.ndarray, num_pts: int
+                       ) -> np.ndarray:
+    """Batched :func:`resample_polyline` for the evaluator's hundreds of thousands of lines.
 
-    The evaluator resamples hundreds of thousands of lines; a Python loop over
-    :func:`resample_polyline` would dominate its run time. Lines are padded by repeating their
-    last vertex (zero-length segments leave the cumulative lengths unchanged), so every output
-    equals ``resample_polyline(line.astype(np.float64), num_pts)`` bit for bit.
+    A compiled loop (numba, which mmdet3d already depends on) doing the same float64
+    arithmetic in the same order, so every output equals
+    ``resample_polyline(line.astype(np.float64), num_pts)`` bit for bit.
 
     Args:
         polylines: ``(M, N, D)`` array or a sequence of ``(Ni, D)`` arrays, ``Ni >= 1``.
         num_pts: number of output points per line (``>= 2``).
-        chunk: lines per numpy pass (bounds the ``chunk x num_pts x N`` temporaries).
 
     Returns:
         float64 ``(M, num_pts, D)`` array (``(0, num_pts, 2)`` for no lines).
@@ -59,8 +58,8 @@ def resample_polylines(polylines: Sequence[np.ndarray] | np.ndarray, num_pts: in
     if isinstance(polylines, np.ndarray):
         if polylines.ndim != 3 or polylines.shape[1] < 1:
             raise ValueError(f'expected an (M, N, D) array with N >= 1, got {polylines.shape}')
-        flat = polylines.reshape(-1, polylines.shape[2]).astype(np.float64, copy=False)
-        lengths = np.full(len(polylines), polylines.shape[1])
+        flat = polylines.reshape(-1, polylines.shape[2])
+        lengths = np.full(len(polylines), polylines.shape[1], dtype=np.int64)
     else:
         arrs = [np.asarray(p) for p in polylines]
         if not arrs:
@@ -68,40 +67,44 @@ def resample_polylines(polylines: Sequence[np.ndarray] | np.ndarray, num_pts: in
         for i, p in enumerate(arrs):
             if p.ndim != 2 or p.shape[0] < 1 or p.shape[1] != arrs[0].shape[1]:
                 raise ValueError(f'polyline {i}: expected shape (N >= 1, D), got {p.shape}')
-        flat = np.concatenate(arrs).astype(np.float64, copy=False)
-        lengths = np.array([len(p) for p in arrs])
+        flat = np.concatenate(arrs)
+        lengths = np.array([len(p) for p in arrs], dtype=np.int64)
+    if num_pts < 2:
+        raise ValueError(f'num_pts must be >= 2, got {num_pts}')
+    flat = np.ascontiguousarray(flat, dtype=np.float64)
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     out = np.empty((len(lengths), num_pts, flat.shape[1]))
-    order = np.argsort(lengths, kind='stable')  # similar N per chunk keeps the padding small
-    for s in range(0, len(order), chunk):
-        idx = order[s:s + chunk]
-        n_max = int(lengths[idx].max())
-        # pad each line to n_max vertices by repeating its last vertex
-        cols = np.minimum(np.arange(n_max)[None], (lengths[idx] - 1)[:, None])
-        out[idx] = _resample_padded(flat[starts[idx][:, None] + cols], lengths[idx], num_pts)
+    _resample_kernel(flat, starts, lengths, out)
     return out
 
 
-def _resample_padded(p: np.ndarray, lengths: np.ndarray, num_pts: int) -> np.ndarray:
-    """Resample ``(B, N, D)`` lines padded with their last vertex (true counts ``lengths``)."""
-    if p.shape[1] == 1:
-        return np.repeat(p, num_pts, axis=1)
-    seg = np.linalg.norm(np.diff(p, axis=1), axis=2)
-    cum = np.concatenate([np.zeros((len(p), 1)), np.cumsum(seg, axis=1)], axis=1)
-    total = cum[:, -1]
-    # np.linspace(0, total, num_pts) row by row (its array form rounds differently when a
-    # row has zero length, so spell out the scalar formula)
-    targets = np.arange(num_pts, dtype=np.float64)[None] * (total / (num_pts - 1))[:, None]
-    targets[:, -1] = total
-    # searchsorted(cum, t, 'right') - 1 == number of cum[1:] values <= t, row by row
-    seg_idx = np.count_nonzero(cum[:, None, 1:] <= targets[:, :, None], axis=-1)
-    seg_idx = np.minimum(seg_idx, np.maximum(lengths - 2, 0)[:, None])
-    rows = np.arange(len(p))[:, None]
-    seg_len = seg[rows, seg_idx]
-    safe = np.where(seg_len > 0, seg_len, 1)
-    t = np.where(seg_len > 0, (targets - cum[rows, seg_idx]) / safe, 0.0)
-    p0 = p[rows, seg_idx]
-    res = p0 + t[..., None] * (p[rows, seg_idx + 1] - p0)
-    degenerate = total <= 0
-    res[degenerate] = p[degenerate, :1]
-    return res
+@numba.njit(cache=True, nogil=True)
+def _resample_kernel(flat, starts, lengths, out):  # pragma: no cover - compiled
+    num_pts, dim = out.shape[1], out.shape[2]
+    n_max = max(lengths.max(), 1) if len(lengths) else 1
+    seg, cum = np.empty(n_max), np.empty(n_max)
+    for r in range(len(starts)):
+        s, n = starts[r], lengths[r]
+        cum[0] = 0.0
+        for k in range(n - 1):
+            acc = 0.0
+            for d in range(dim):
+                diff = flat[s + k + 1, d] - flat[s + k, d]
+                acc += diff * diff
+            seg[k] = np.sqrt(acc)
+            cum[k + 1] = cum[k] + seg[k]
+        total = cum[n - 1]
+        if not total > 0:
+            for i in range(num_pts):
+                out[r, i] = flat[s]
+            continue
+        step = total / (num_pts - 1)  # np.linspace: i * step, last point exactly total
+        j = 0  # searchsorted(cum, target, 'right') - 1, clipped to the last segment
+        for i in range(num_pts):
+            target = total if i == num_pts - 1 else i * step
+            while j + 1 < n and cum[j + 1] <= target:
+                j += 1
+            k = min(j, n - 2)
+            t = (target - cum[k]) / seg[k] if seg[k] > 0 else 0.0
+            for d in range(dim):
+                out[r, i, d] = flat[s + k, d] + t * (flat[s + k + 1, d] - flat[s + k, d])

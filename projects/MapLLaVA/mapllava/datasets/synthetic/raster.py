@@ -31,19 +31,27 @@ _SHIFT = 4                            # fixed-point bits for sub-pixel polygon f
 @dataclass
 class LabelRaster:
     """Surface labels over an axis-aligned window: ``labels[row, col]`` covers
-    ``x = x0 + (col + .5) * res``, ``y = y0 + (row + .5) * res`` (rows grow with y)."""
+    ``x = x0 + (col + .5) * res``, ``y = y0 + (row + .5) * res`` (rows grow with y).
+
+    Outside its window a raster defers to ``fallback`` (a coarser, larger one), so far-away
+    ground costs little memory; with no fallback it reads TERRAIN.
+    """
     labels: np.ndarray
     x0: float
     y0: float
     res: float
+    fallback: LabelRaster | None = None
 
     def lookup(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        """Labels at global points; TERRAIN outside the window."""
+        """Labels at global points."""
         col = np.floor((x - self.x0) / self.res).astype(np.int64)
         row = np.floor((y - self.y0) / self.res).astype(np.int64)
         h, w = self.labels.shape
         ok = (col >= 0) & (col < w) & (row >= 0) & (row < h)
-        out = np.full(x.shape, TERRAIN, dtype=np.uint8)
+        if self.fallback is None:
+            out = np.full(x.shape, TERRAIN, dtype=np.uint8)
+        else:
+            out = self.fallback.lookup(x, y)
         out[ok] = self.labels[row[ok], col[ok]]
         return out
 
@@ -70,8 +78,8 @@ def fill_polygon(img: np.ndarray, poly: Polygon | MultiPolygon, value: int, x0: 
         cv2.fillPoly(img, contours, int(value), lineType=cv2.LINE_8, shift=_SHIFT)
 
 
-def rasterize(net: RoadNetwork, window: tuple[float, float, float, float],
-              res: float) -> LabelRaster:
+def rasterize(net: RoadNetwork, window: tuple[float, float, float, float], res: float,
+              fallback: LabelRaster | None = None) -> LabelRaster:
     """Label raster of the window ``(xmin, ymin, xmax, ymax)`` at ``res`` metres per pixel."""
     xmin, ymin, xmax, ymax = window
     w, h = int(math.ceil((xmax - xmin) / res)), int(math.ceil((ymax - ymin) / res))
@@ -85,7 +93,7 @@ def rasterize(net: RoadNetwork, window: tuple[float, float, float, float],
     fill(net.drivable.intersection(clip), ROAD)
     for geom, value in marking_polygons(net, clip):
         fill(geom, value)
-    return LabelRaster(img, xmin, ymin, res)
+    return LabelRaster(img, xmin, ymin, res, fallback)
 
 
 def marking_polygons(net: RoadNetwork, clip: Polygon) -> list[tuple[Polygon, int]]:
