@@ -6,9 +6,12 @@ run. Parameter names mirror the real groups: ``neck`` (Q-Former), ``bridge.map_q
 from __future__ import annotations
 
 import os.path as osp
+import uuid
 
 import torch
 import torch.nn as nn
+from mmdet3d.registry import DATASETS, HOOKS, METRICS, MODELS
+from mmdet3d.structures import Det3DDataSample
 from mmengine.dist import get_rank
 from mmengine.evaluator import BaseMetric
 from mmengine.hooks import Hook
@@ -16,12 +19,11 @@ from mmengine.model import BaseModel, is_model_wrapper
 from mmengine.structures import InstanceData
 from torch.utils.data import Dataset
 
-from mmdet3d.registry import DATASETS, HOOKS, METRICS, MODELS
-from mmdet3d.structures import Det3DDataSample
-
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CLASSES = ('divider', 'ped_crossing', 'boundary')
 NUM_QUERIES, NUM_PTS = 4, 5
+TOY_LR_GROUPS = dict(qformer='neck', queries='bridge.map_queries', decoder='map_head',
+                     llm='bridge.llm')
 
 
 class _Bridge(nn.Module):
@@ -132,7 +134,8 @@ def toy_config(work_dir: str, max_epochs: int = 2, **overrides) -> dict:
         _base_=[osp.join(REPO_ROOT, 'configs/_base_/default_runtime.py'),
                 osp.join(REPO_ROOT, 'configs/_base_/schedules/adamw_cosine_24e.py')],
         custom_imports=dict(imports=['_toy_training', 'projects.MapLLaVA.mapllava.engine',
-                                     'projects.MapLLaVA.mapllava.hooks'],
+                                     'projects.MapLLaVA.mapllava.hooks',
+                                     'projects.MapLLaVA.mapllava.visualization'],
                             allow_failed_imports=False),
         runner_type='MapRunner',
         work_dir=work_dir,
@@ -151,8 +154,12 @@ def toy_config(work_dir: str, max_epochs: int = 2, **overrides) -> dict:
         default_hooks=dict(checkpoint=dict(type='MapCheckpointHook', interval=1,
                                            save_best='mAP'),
                            logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=[dict(type='GroupLRLoggerHook')],
+        custom_hooks=[dict(type='GroupLRLoggerHook', lr_groups=TOY_LR_GROUPS)],
         env_cfg=dict(mp_cfg=dict(mp_start_method='fork')),
+        # unique names: mmengine keeps visualizers and loggers as named global instances
+        experiment_name=f'toy_{uuid.uuid4().hex[:8]}',
+        visualizer=dict(type='Visualizer', name=f'vis_{uuid.uuid4().hex[:8]}',
+                        vis_backends=[dict(type='LocalVisBackend')]),
         log_level='WARNING')
     cfg.update(overrides)
     return cfg

@@ -1,5 +1,6 @@
 """MapLLaVA detector end to end on hand-made packed samples (CPU, tiny config)."""
 import copy
+import os.path as osp
 import time
 
 import numpy as np
@@ -11,9 +12,9 @@ from mmdet3d.utils import register_all_modules
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
-import projects.MapLLaVA.mapllava.models  # noqa: F401
+import projects.MapLLaVA.mapllava.models  # noqa: F401  (registers the components)
 
-CONFIG = 'configs/_base_/models/mapllava_tiny.py'
+CONFIG = osp.join(osp.dirname(__file__), '..', 'configs/_base_/models/mapllava_tiny.py')
 IMG_H, IMG_W = 64, 112
 NUM_PTS, NUM_ORDERS = 20, 2 * (20 - 1)
 # viewing directions in the LiDAR xy plane (x right, y forward), nuScenes camera order

@@ -21,7 +21,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
 
-from projects.MapLLaVA.mapllava.evaluation.chamfer_ap import chamfer_ap  # noqa: E402
+from projects.MapLLaVA.mapllava.evaluation.chamfer_ap import compute_chamfer_ap  # noqa: E402
 from tools.benchmarks.reference_chamfer_ap import reference_chamfer_ap  # noqa: E402
 
 ROI = np.array([15.0, 30.0])  # half extents (x, y)
@@ -122,14 +122,14 @@ def main() -> None:
           f'(generated in {time.perf_counter() - t:.1f} s)')
 
     t = time.perf_counter()
-    res = chamfer_ap(gts, preds, num_classes=3)
+    res = compute_chamfer_ap(gts, preds, num_classes=3)
     fast_s = time.perf_counter() - t
     print(f'fast path, full workload: {fast_s:.2f} s   mAP {res.mean_ap:.4f}   '
           f'stages {res.stats}')
 
     n = min(args.ref_samples, args.samples)
     t = time.perf_counter()
-    sub_fast = chamfer_ap(gts[:n], preds[:n], num_classes=3)
+    sub_fast = compute_chamfer_ap(gts[:n], preds[:n], num_classes=3)
     sub_fast_s = time.perf_counter() - t
     t = time.perf_counter()
     sub_ref = reference_chamfer_ap(gts[:n], preds[:n], num_classes=3)

@@ -20,6 +20,7 @@ import inspect
 import os.path as osp
 from typing import Any, Iterator
 
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 OPEN_CONFIG_PATHS = (
@@ -68,12 +69,13 @@ def validate_cfg_options(cfg: Any, options: dict | None) -> dict:
     """Check ``--cfg-options`` against ``cfg``; return them with ``+`` markers stripped."""
     if not options:
         return {}
+    tree = cfg.to_dict() if isinstance(cfg, Config) else cfg
     checked, errors = {}, []
     for key, value in options.items():
         if key.startswith('+'):
             checked[key[1:]] = value
             continue
-        reason = _unknown_reason(cfg, key.split('.'))
+        reason = _unknown_reason(tree, key.split('.'))
         if reason:
             errors.append(f'  {key}: {reason}')
         checked[key] = value

@@ -23,7 +23,7 @@ import numba
 import numpy as np
 import shapely
 
-from ..utils.polyline import resample_polylines
+from ..utils.polyline import resample_packed
 
 # Slack added to the lower bounds (they are compared with thresholds in floating point).
 _BOUND_SLACK = 1e-9
@@ -32,6 +32,7 @@ _BOUND_SLACK = 1e-9
 _EDGE_MARGIN = 0.05
 # Shorter lines are always handed to shapely (GEOS may collapse or drop them).
 _MIN_SURE_LENGTH = 0.01
+_MAX_SAMPLE_PTS = 512  # _pairwise_sum follows numpy exactly up to here
 
 
 @dataclass
@@ -59,15 +60,29 @@ class ChamferAPResult:
 
 
 @dataclass
-class _Lines:
-    """One class's lines over the whole dataset, ordered by (sample, position in sample)."""
+class _Packed:
+    """Valid lines of the whole dataset, back to back, ordered by (sample, position)."""
 
-    pts: np.ndarray  # (N, S, 2) float64, resampled
+    flat: np.ndarray  # (V, 2) float64 vertices
+    starts: np.ndarray  # (N,) int64
+    lengths: np.ndarray  # (N,) int64
+    labels: np.ndarray  # (N,) int64
     sample: np.ndarray  # (N,) int64
-    scores: np.ndarray | None = None  # (N,) float64
+    scores: np.ndarray  # (N,) float64 (zeros for GT)
+    num_dropped: int = 0
+    num_short: int = 0
 
 
-def chamfer_ap(gts: Sequence[Mapping[str, Any]], preds: Sequence[Mapping[str, Any]],
+@dataclass
+class _Lines:
+    """One class's resampled lines, ordered by (sample, position in sample)."""
+
+    pts: np.ndarray  # (N, S, 2) float64
+    sample: np.ndarray  # (N,) int64
+    scores: np.ndarray  # (N,) float64
+
+
+def compute_chamfer_ap(gts: Sequence[Mapping[str, Any]], preds: Sequence[Mapping[str, Any]],
                num_classes: int, thresholds: Sequence[float] = (0.5, 1.0, 1.5),
                num_sample_pts: int = 100, buffer: float = 2.0,
                sample_names: Sequence[str] | None = None) -> ChamferAPResult:
@@ -83,94 +98,98 @@ def chamfer_ap(gts: Sequence[Mapping[str, Any]], preds: Sequence[Mapping[str, An
         sample_names: names used in error and warning messages (e.g. tokens).
 
     Returns:
-        A :class:`ChamferAPResult`; samples are taken in the given order, which fixes how
-        equal scores are ordered (see docs/evaluation.md).
+        A :class:`ChamferAPResult`. Samples are taken in the given order, which fixes the
+        order of equal scores (see docs/evaluation.md).
     """
     if len(gts) != len(preds):
         raise ValueError(f'got {len(gts)} GT samples but {len(preds)} prediction samples')
     thresholds = tuple(float(t) for t in thresholds)
     if not thresholds or any(not np.isfinite(t) or t < 0 for t in thresholds):
         raise ValueError(f'thresholds must be finite and >= 0, got {thresholds}')
-    if num_sample_pts < 2 or buffer <= 0:
-        raise ValueError(f'need num_sample_pts >= 2 and buffer > 0, got {num_sample_pts}, '
-                         f'{buffer}')
+    if not 2 <= num_sample_pts <= _MAX_SAMPLE_PTS or not buffer > 0:
+        raise ValueError(f'need 2 <= num_sample_pts <= {_MAX_SAMPLE_PTS} and buffer > 0, got '
+                         f'{num_sample_pts}, {buffer}')
     names = list(sample_names) if sample_names is not None else [str(i) for i in range(len(gts))]
-    g_vecs, g_lab, g_smp, _, g_drop, _ = _collect(gts, names, num_classes, 'GT', False)
-    p_vecs, p_lab, p_smp, p_scr, p_drop, p_short = _collect(preds, names, num_classes,
-                                                            'prediction', True)
-    dropped = [(k, n) for k, n in (('prediction', p_drop), ('GT', g_drop)) if n]
-    for kind, n in dropped:
-        warnings.warn(f'chamfer_ap: dropped {n} {kind} vector(s) with non-finite values'
-                      + (' or fewer than 2 vertices' if kind == 'GT' else ''), RuntimeWarning,
-                      stacklevel=2)
-    g_pts = resample_polylines(g_vecs, num_sample_pts)
-    p_pts = resample_polylines(p_vecs, num_sample_pts)
+    gt = _pack(gts, names, num_classes, 'GT')
+    pred = _pack(preds, names, num_classes, 'prediction')
+    for kind, n, why in (('prediction', pred.num_dropped, 'non-finite coordinates or score'),
+                         ('GT', gt.num_dropped, 'non-finite coordinates or < 2 vertices')):
+        if n:
+            warnings.warn(f'compute_chamfer_ap: dropped {n} {kind} vector(s) with {why}',
+                          RuntimeWarning, stacklevel=2)
 
     ap = np.zeros((num_classes, len(thresholds)))
     num_gts = np.zeros(num_classes, dtype=np.int64)
     num_dets = np.zeros(num_classes, dtype=np.int64)
     stats: dict[str, int] = {}
     for c in range(num_classes):
-        gm, pm = g_lab == c, p_lab == c
-        gt = _Lines(g_pts[gm], g_smp[gm])
-        pred = _Lines(p_pts[pm], p_smp[pm], p_scr[pm])
-        num_gts[c], num_dets[c] = len(gt.pts), len(pred.pts)
-        best_gt, best_d = nearest_matchable_gt(pred, gt, max(thresholds), buffer, stats)
+        g, p = _class_lines(gt, c, num_sample_pts), _class_lines(pred, c, num_sample_pts)
+        num_gts[c], num_dets[c] = len(g.pts), len(p.pts)
+        best_gt, best_d = nearest_matchable_gt(p, g, max(thresholds), buffer, stats)
         for t, thr in enumerate(thresholds):
-            tp = greedy_true_positives(best_gt, best_d, pred.scores, thr)
-            ap[c, t] = average_precision(tp, pred.scores, len(gt.pts))
-    return ChamferAPResult(ap, thresholds, num_gts, num_dets, p_drop, g_drop, p_short, stats)
+            tp = greedy_true_positives(best_gt, best_d, p.scores, thr)
+            ap[c, t] = average_precision(tp, p.scores, len(g.pts))
+    return ChamferAPResult(ap, thresholds, num_gts, num_dets, pred.num_dropped,
+                           gt.num_dropped, pred.num_short, stats)
 
 
-def _collect(samples: Sequence[Mapping[str, Any]], names: Sequence[str], num_classes: int,
-             kind: str, with_scores: bool) -> tuple:
-    """Validate and flatten samples; drop non-finite vectors (and too short ones)."""
-    vecs: list[np.ndarray] = []
-    labels, sample_ids, scores = [], [], []
-    n_drop = n_short = 0
+def _class_lines(packed: _Packed, c: int, num_pts: int) -> _Lines:
+    idx = np.flatnonzero(packed.labels == c)
+    pts = resample_packed(packed.flat, packed.starts[idx], packed.lengths[idx], num_pts)
+    return _Lines(pts, packed.sample[idx], packed.scores[idx])
+
+
+def _pack(samples: Sequence[Mapping[str, Any]], names: Sequence[str], num_classes: int,
+          kind: str) -> _Packed:
+    """Validate every sample, then keep the usable lines (finite, >= 2 vertices)."""
+    is_pred = kind == 'prediction'
+    verts, lens, labs, smps, scrs = [], [], [], [], []
     for s, smp in enumerate(samples):
-        name = names[s]
-        v, lab = _vectors(smp, name, kind), _int_labels(smp, name, kind, num_classes)
-        scr = _scores(smp, name, len(v)) if with_scores else np.zeros(len(v))
-        if len(lab) != len(v):
-            raise ValueError(f'{kind} {name!r}: {len(v)} vectors but {len(lab)} labels')
-        for i, x in enumerate(v):
-            if not (np.isfinite(x).all() and np.isfinite(scr[i])):
-                n_drop += 1
-            elif len(x) < 2:
-                if with_scores:
-                    n_short += 1  # MapTR drops predictions with fewer than 2 points
-                else:
-                    n_drop += 1
-            else:
-                vecs.append(x)
-                labels.append(lab[i])
-                sample_ids.append(s)
-                scores.append(scr[i])
-    return (vecs, np.asarray(labels, dtype=np.int64), np.asarray(sample_ids, dtype=np.int64),
-            np.asarray(scores, dtype=np.float64), n_drop, n_short)
+        v, n = _sample_vertices(smp, names[s], kind)
+        lab = _int_labels(smp, names[s], kind, num_classes)
+        if len(lab) != len(n):
+            raise ValueError(f'{kind} {names[s]!r}: {len(n)} vectors but {len(lab)} labels')
+        verts.append(v)
+        lens.append(n)
+        labs.append(lab)
+        smps.append(np.full(len(n), s, dtype=np.int64))
+        scrs.append(_scores(smp, names[s], len(n)) if is_pred else np.zeros(len(n)))
+    cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt)  # noqa: E731
+    flat = np.concatenate(verts).astype(np.float64) if verts else np.zeros((0, 2))
+    lengths, scores = cat(lens, np.int64), cat(scrs, np.float64)
+    starts = np.cumsum(lengths) - lengths
+    bad_before = np.concatenate([[0], np.cumsum(~np.isfinite(flat).all(1))])
+    finite = (bad_before[starts + lengths] == bad_before[starts]) & np.isfinite(scores)
+    long_enough = lengths >= 2  # MapTR drops predictions with fewer than 2 points
+    keep = finite & long_enough
+    n_short = int((finite & ~long_enough).sum())
+    n_drop = int((~finite).sum()) + (0 if is_pred else n_short)
+    return _Packed(flat, starts[keep], lengths[keep], cat(labs, np.int64)[keep],
+                   cat(smps, np.int64)[keep], scores[keep], n_drop, n_short if is_pred else 0)
 
 
-def _vectors(smp: Mapping[str, Any], name: str, kind: str) -> list[np.ndarray]:
+def _sample_vertices(smp: Mapping[str, Any], name: str, kind: str
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """All vertices of a sample's vectors back to back, and the vertex count of each."""
     if 'vectors' not in smp:
         raise ValueError(f'{kind} {name!r}: missing key "vectors"')
     v = smp['vectors']
     if not isinstance(v, (list, tuple)):  # one (K, P, 2) array (numpy or CPU tensor)
         v = np.asarray(v)
         if v.size == 0 and v.ndim <= 3:
-            return []
-        if v.ndim != 3 or v.shape[2] != 2:
-            raise ValueError(f'{kind} {name!r}: "vectors" array has shape {v.shape}, expected '
-                             '(K, P, 2)')
-        return list(v)
-    out = []
-    for i, x in enumerate(v):
-        x = np.asarray(x)
+            return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+        if v.ndim != 3 or v.shape[2] != 2 or not np.issubdtype(v.dtype, np.number):
+            raise ValueError(f'{kind} {name!r}: "vectors" array has shape {v.shape} and dtype '
+                             f'{v.dtype}, expected a numeric (K, P, 2) array')
+        return v.reshape(-1, 2), np.full(len(v), v.shape[1], dtype=np.int64)
+    arrs = [np.asarray(x) for x in v]
+    for i, x in enumerate(arrs):
         if x.ndim != 2 or x.shape[1] != 2 or not np.issubdtype(x.dtype, np.number):
             raise ValueError(f'{kind} {name!r}: vectors[{i}] has shape {x.shape} and dtype '
                              f'{x.dtype}, expected a numeric (N, 2) array')
-        out.append(x)
-    return out
+    if not arrs:
+        return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
+    return np.concatenate(arrs), np.array([len(x) for x in arrs], dtype=np.int64)
 
 
 def _int_labels(smp: Mapping[str, Any], name: str, kind: str, num_classes: int) -> np.ndarray:
@@ -192,11 +211,11 @@ def _int_labels(smp: Mapping[str, Any], name: str, kind: str, num_classes: int) 
 def _scores(smp: Mapping[str, Any], name: str, n: int) -> np.ndarray:
     if 'scores' not in smp:
         raise ValueError(f'prediction {name!r}: missing key "scores"')
-    scr = np.asarray(smp['scores'], dtype=np.float64).reshape(-1) if n else np.zeros(0)
-    if scr.shape != (n,):
+    scr = np.asarray(smp['scores'])
+    if scr.shape != (n,) or (n and not np.issubdtype(scr.dtype, np.number)):
         raise ValueError(f'prediction {name!r}: {n} vectors but "scores" has shape '
-                         f'{np.shape(smp["scores"])}')
-    return scr
+                         f'{scr.shape} dtype {scr.dtype}, expected ({n},) numbers')
+    return scr.astype(np.float64)
 
 
 def nearest_matchable_gt(pred: _Lines, gt: _Lines, max_thr: float, buffer: float,
@@ -228,7 +247,6 @@ def nearest_matchable_gt(pred: _Lines, gt: _Lines, max_thr: float, buffer: float
                  pi, gi, cham, sure, counts)
     n = counts[0]
     pi, gi, cham, sure = pi[:n], gi[:n], cham[:n], sure[:n]
-    sure &= (_lengths(pred.pts)[pi] >= _MIN_SURE_LENGTH) & (_lengths(gt.pts)[gi] >= _MIN_SURE_LENGTH)
     undecided = ~sure
     _count(stats, 'pairs_exact', counts[1])
     _count(stats, 'pairs_within_thr', n)
@@ -247,10 +265,6 @@ def _count(stats: dict[str, int], key: str, n: int) -> None:
     stats[key] = stats.get(key, 0) + int(n)
 
 
-def _lengths(pts: np.ndarray) -> np.ndarray:
-    return np.linalg.norm(np.diff(pts, axis=1), axis=2).sum(1)
-
-
 @numba.njit(cache=True, nogil=True)
 def _pair_kernel(p_pts, g_pts, g_start, g_end, max_thr, edge,
                  out_p, out_g, out_d, out_sure, counts):  # pragma: no cover - compiled
@@ -260,35 +274,37 @@ def _pair_kernel(p_pts, g_pts, g_start, g_end, max_thr, edge,
     the gap between bounding boxes, then the mean distance of each line's points to the
     other line's box (a point's nearest neighbour is no closer than the box), then the
     running sum of nearest-neighbour distances. Kept pairs (distance <= ``max_thr``) get
-    ``out_sure``: whether their buffers surely intersect, by the test in
-    :func:`_surely_intersect`.
+    ``out_sure``: whether their buffers surely intersect (:func:`_surely_intersect`).
     """
     n_pts = p_pts.shape[1]
     limit = max_thr + _BOUND_SLACK
     p_box, g_box = _boxes(p_pts), _boxes(g_pts)
-    row, col = np.empty(n_pts), np.empty(n_pts)
-    row_ends, col_ends = np.empty((n_pts, 2)), np.empty((n_pts, 2))
+    p_len, g_len = _line_lengths(p_pts), _line_lengths(g_pts)
+    row, col, d2 = np.empty(n_pts), np.empty(n_pts), np.empty(n_pts)
+    row_ends, col_ends = np.empty((2, n_pts)), np.empty((2, n_pts))
+    a, b = np.empty((2, n_pts)), np.empty((2, n_pts))  # x row, y row: contiguous inner loops
     for p in range(len(p_pts)):
-        a = p_pts[p]
+        a[:] = p_pts[p].T
         for g in range(g_start[p], g_end[p]):
-            b = g_pts[g]
             gx = max(p_box[p, 0] - g_box[g, 2], g_box[g, 0] - p_box[p, 2], 0.0)
             gy = max(p_box[p, 1] - g_box[g, 3], g_box[g, 1] - p_box[p, 3], 0.0)
             if np.sqrt(gx * gx + gy * gy) > limit:
                 continue
-            if (_sum_box_distance(a, g_box[g]) + _sum_box_distance(b, p_box[p])
+            if (_sum_box_distance(p_pts[p], g_box[g]) + _sum_box_distance(g_pts[g], p_box[p])
                     > 2 * n_pts * limit):
                 continue
             counts[1] += 1
-            if not _nearest(a, b, 2 * n_pts * limit, row, col, row_ends, col_ends):
+            b[:] = g_pts[g].T
+            if not _nearest(a, b, 2 * n_pts * limit, row, col, row_ends, col_ends, d2):
                 continue
             d = (_pairwise_sum(col, 0, n_pts) / n_pts + _pairwise_sum(row, 0, n_pts) / n_pts) / 2
             if d > max_thr:
                 continue
             n = counts[0]
             out_p[n], out_g[n], out_d[n] = p, g, d
-            out_sure[n] = (_surely_intersect(row, row_ends, edge)
-                           or _surely_intersect(col, col_ends, edge))
+            out_sure[n] = (min(p_len[p], g_len[g]) >= _MIN_SURE_LENGTH
+                           and (_surely_intersect(row, row_ends, edge)
+                                or _surely_intersect(col, col_ends, edge)))
             counts[0] = n + 1
 
 
@@ -302,6 +318,16 @@ def _boxes(pts):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _line_lengths(pts):  # pragma: no cover - compiled
+    out = np.zeros(len(pts))
+    for k in range(len(pts)):
+        for i in range(pts.shape[1] - 1):
+            dx, dy = pts[k, i + 1, 0] - pts[k, i, 0], pts[k, i + 1, 1] - pts[k, i, 1]
+            out[k] += np.sqrt(dx * dx + dy * dy)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _sum_box_distance(pts, box):  # pragma: no cover - compiled
     total = 0.0
     for i in range(len(pts)):
@@ -311,37 +337,34 @@ def _sum_box_distance(pts, box):  # pragma: no cover - compiled
     return total
 
 
-@numba.njit(cache=True, nogil=True)
-def _nearest(a, b, sum_limit, row, col, row_ends, col_ends):  # pragma: no cover - compiled
-    """Nearest-point distances a->b (``row``) and b->a (``col``); False once sum(row) is
-    above ``sum_limit``. ``*_ends`` hold each point's distance to the other line's ends."""
-    n = len(a)
+@numba.njit(cache=True, nogil=True, fastmath={'nnan', 'ninf', 'nsz'})
+def _nearest(a, b, sum_limit, row, col, row_ends, col_ends, d2):  # pragma: no cover
+    """Nearest-point distances a->b (``row``) and b->a (``col``), ``*_ends``: each point's
+    distance to the other line's first and last point. False as soon as ``sum(row)``
+    exceeds ``sum_limit``. (Inputs are finite; no contraction flags, so d2 is exact.)"""
+    n = a.shape[1]
     col[:] = np.inf
     total = 0.0
+    bx, by = b[0], b[1]
     for i in range(n):
+        ax, ay = a[0, i], a[1, i]
         best = np.inf
-        ax, ay = a[i, 0], a[i, 1]
         for j in range(n):
-            dx, dy = ax - b[j, 0], ay - b[j, 1]
-            d2 = dx * dx + dy * dy
-            best = min(best, d2)
-            col[j] = min(col[j], d2)
-            if i == 0:
-                col_ends[j, 0] = d2
-            elif i == n - 1:
-                col_ends[j, 1] = d2
+            dx, dy = ax - bx[j], ay - by[j]
+            v = dx * dx + dy * dy
+            d2[j] = v
+            best = min(best, v)
+            col[j] = min(col[j], v)
         row[i] = np.sqrt(best)
-        dx, dy = ax - b[0, 0], ay - b[0, 1]
-        row_ends[i, 0] = np.sqrt(dx * dx + dy * dy)
-        dx, dy = ax - b[n - 1, 0], ay - b[n - 1, 1]
-        row_ends[i, 1] = np.sqrt(dx * dx + dy * dy)
+        row_ends[0, i], row_ends[1, i] = np.sqrt(d2[0]), np.sqrt(d2[n - 1])
+        if i == 0 or i == n - 1:
+            col_ends[0 if i == 0 else 1, :] = d2
         total += row[i]
         if total > sum_limit:
             return False
     for j in range(n):
         col[j] = np.sqrt(col[j])
-        col_ends[j, 0] = np.sqrt(col_ends[j, 0])
-        col_ends[j, 1] = np.sqrt(col_ends[j, 1])
+        col_ends[0, j], col_ends[1, j] = np.sqrt(col_ends[0, j]), np.sqrt(col_ends[1, j])
     return True
 
 
@@ -358,33 +381,57 @@ def _surely_intersect(nearest, ends, edge):  # pragma: no cover - compiled
     """
     for i in range(1, len(nearest) - 1):
         d = nearest[i]
-        if d <= edge and d < ends[i, 0] - 1e-9 and d < ends[i, 1] - 1e-9:
+        if d <= edge and d < ends[0, i] - 1e-9 and d < ends[1, i] - 1e-9:
             return True
     return False
 
 
 @numba.njit(cache=True, nogil=True)
 def _pairwise_sum(a, lo, n):  # pragma: no cover - compiled
-    """numpy's pairwise summation, so means equal ``ndarray.mean()`` bit for bit."""
+    """numpy's pairwise summation (n <= 512), so means equal ``ndarray.mean()`` bit for bit.
+
+    numpy halves blocks longer than 128 recursively; the two levels are spelled out because
+    numba's cache cannot reload recursive functions.
+    """
+    if n <= 128:
+        return _pairwise_block(a, lo, n)
+    n2 = n // 2 - (n // 2) % 8
+    return _pairwise_half(a, lo, n2) + _pairwise_half(a, lo + n2, n - n2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_half(a, lo, n):  # pragma: no cover - compiled
+    if n <= 128:
+        return _pairwise_block(a, lo, n)
+    n2 = n // 2 - (n // 2) % 8
+    return _pairwise_block_or_split(a, lo, n2) + _pairwise_block_or_split(a, lo + n2, n - n2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_block_or_split(a, lo, n):  # pragma: no cover - compiled
+    if n <= 128:
+        return _pairwise_block(a, lo, n)
+    n2 = n // 2 - (n // 2) % 8
+    return _pairwise_block(a, lo, n2) + _pairwise_block(a, lo + n2, n - n2)
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_block(a, lo, n):  # pragma: no cover - compiled
     if n < 8:
         res = 0.0
         for i in range(lo, lo + n):
             res += a[i]
         return res
-    if n <= 128:
-        r = a[lo:lo + 8].copy()
-        i = 8
-        while i < n - n % 8:
-            for k in range(8):
-                r[k] += a[lo + i + k]
-            i += 8
-        res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
-        for k in range(i, n):
-            res += a[lo + k]
-        return res
-    n2 = n // 2
-    n2 -= n2 % 8
-    return _pairwise_sum(a, lo, n2) + _pairwise_sum(a, lo + n2, n - n2)
+    r = a[lo:lo + 8].copy()
+    i = 8
+    while i < n - n % 8:
+        for k in range(8):
+            r[k] += a[lo + i + k]
+        i += 8
+    res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]))
+    for k in range(i, n):
+        res += a[lo + k]
+    return res
 
 
 def buffers_intersect(p_pts: np.ndarray, g_pts: np.ndarray, pi: np.ndarray, gi: np.ndarray,

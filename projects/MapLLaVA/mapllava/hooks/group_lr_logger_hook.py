@@ -18,8 +18,8 @@ from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapper
 
-DEFAULT_LR_GROUPS = dict(qformer='neck', queries='bridge.map_queries', decoder='map_head',
-                         llm='bridge.llm')
+DEFAULT_LR_GROUPS = dict(bev='bev_encoder', qformer='neck.qformer', queries='bridge.map_queries',
+                         decoder='map_head', llm='bridge.llm')
 DEFAULT_CURRENT_KEYS = ('loss', 'loss_cls', 'loss_pts', 'loss_dir')
 
 
@@ -49,7 +49,8 @@ class GroupLRLoggerHook(Hook):
     """Record ``lr_<group>`` per iteration and show current loss values.
 
     Args:
-        lr_groups: group name -> parameter-name prefix.
+        lr_groups: group name -> parameter-name prefix (whole dotted components, unlike the
+            substring match of ``paramwise_cfg.custom_keys``).
         show_current: add ``<key>_cur`` (current value) for ``current_keys`` to the log.
         current_keys: loss names whose current value is shown.
     """

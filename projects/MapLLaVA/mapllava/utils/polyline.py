@@ -69,12 +69,30 @@ def resample_polylines(polylines: Sequence[np.ndarray] | np.ndarray, num_pts: in
                 raise ValueError(f'polyline {i}: expected shape (N >= 1, D), got {p.shape}')
         flat = np.concatenate(arrs)
         lengths = np.array([len(p) for p in arrs], dtype=np.int64)
+    starts = np.cumsum(lengths) - lengths
+    return resample_packed(flat, starts, lengths, num_pts)
+
+
+def resample_packed(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray,
+                    num_pts: int) -> np.ndarray:
+    """:func:`resample_polylines` for lines stored back to back: line k is
+    ``flat[starts[k]:starts[k] + lengths[k]]`` (``lengths >= 1``). Saves the evaluator from
+    splitting its vertex arrays into hundreds of thousands of small ones.
+
+    Returns:
+        float64 ``(len(starts), num_pts, D)`` array.
+    """
     if num_pts < 2:
         raise ValueError(f'num_pts must be >= 2, got {num_pts}')
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if len(lengths) and (lengths.min() < 1 or (starts + lengths).max() > len(flat)
+                         or starts.min() < 0):
+        raise ValueError('resample_packed: every line needs >= 1 vertex inside `flat`')
     flat = np.ascontiguousarray(flat, dtype=np.float64)
-    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-    out = np.empty((len(lengths), num_pts, flat.shape[1]))
-    _resample_kernel(flat, starts, lengths, out)
+    out = np.empty((len(lengths), num_pts, flat.shape[1] if flat.ndim == 2 else 2))
+    if len(lengths):
+        _resample_kernel(flat, starts, lengths, out)
     return out
 
 

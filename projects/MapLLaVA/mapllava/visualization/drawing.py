@@ -53,7 +53,7 @@ def render_bev(pred: Optional[dict], gt: Optional[dict], classes: Sequence[str],
                title: str = '', dpi: int = 100) -> np.ndarray:
     """RGB image of predictions (solid, with vertices) over GT (wide, pale) in the ROI."""
     w, h = float(roi_size[0]), float(roi_size[1])
-    fig = Figure(figsize=(4.2, 4.2 * h / w + 0.6), dpi=dpi)
+    fig = Figure(figsize=(4.2, 3.4 * h / w + 1.3), dpi=dpi)  # equal axes + legend
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     ax.add_patch(Rectangle((-w / 2, -h / 2), w, h, fill=False, lw=1.5, ec='black'))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import uuid
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,8 +157,10 @@ def make_token(*parts: object) -> str:
 
 
 def make_uuid(*parts: object) -> str:
-    """Deterministic UUID string (map-expansion style) from any identifying parts."""
-    return str(uuid.UUID(bytes=hashlib.md5('/'.join(map(str, parts)).encode()).digest()))
+    """Deterministic UUID-formatted string (map-expansion style) from any identifying parts."""
+    h = make_token(*parts)
+    return f'{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}'
+
 
 
 def yaw_quaternion(yaw: float) -> list[float]:

@@ -43,14 +43,13 @@ class _Geometry:
         return make_uuid(self.prefix, kind, key)
 
     def nodes(self, pts: np.ndarray) -> list[str]:
-        out = []
-        for x, y in np.asarray(pts, dtype=np.float64):
-            key = (round(float(x), 3), round(float(y), 3))
-            if key not in self._nodes:
-                tok = self.token('node', len(self.node))
-                self._nodes[key] = tok
+        """Tokens of the (de-duplicated, millimetre-rounded) nodes at ``pts``."""
+        out: list[str] = []
+        for key in map(tuple, np.round(np.asarray(pts, dtype=np.float64), 3).tolist()):
+            tok = self._nodes.get(key)
+            if tok is None:
+                tok = self._nodes[key] = self.token('node', len(self.node))
                 self.node.append(dict(token=tok, x=key[0], y=key[1]))
-            tok = self._nodes[key]
             if not out or out[-1] != tok:
                 out.append(tok)
         return out
@@ -170,6 +169,6 @@ def write_map(net: RoadNetwork, seed: int, dataroot: str) -> None:
     exp_dir = os.path.join(dataroot, 'maps', 'expansion')
     os.makedirs(exp_dir, exist_ok=True)
     with open(os.path.join(exp_dir, f'{net.location}.json'), 'w') as f:
-        json.dump(build_map_json(net, seed), f, separators=(',', ':'))
+        f.write(json.dumps(build_map_json(net, seed), separators=(',', ':')))
     Image.fromarray(semantic_prior(net)).save(os.path.join(dataroot, map_filename(net.location)),
-                                              optimize=False, compress_level=6)
+                                              optimize=False, compress_level=1)

@@ -79,8 +79,12 @@ def fill_polygon(img: np.ndarray, poly: Polygon | MultiPolygon, value: int, x0: 
 
 
 def rasterize(net: RoadNetwork, window: tuple[float, float, float, float], res: float,
-              fallback: LabelRaster | None = None) -> LabelRaster:
-    """Label raster of the window ``(xmin, ymin, xmax, ymax)`` at ``res`` metres per pixel."""
+              fallback: LabelRaster | None = None,
+              markings: list[tuple[Polygon, int]] | None = None) -> LabelRaster:
+    """Label raster of the window ``(xmin, ymin, xmax, ymax)`` at ``res`` metres per pixel.
+
+    ``markings`` may pass ``marking_polygons(net)`` computed once for many rasters.
+    """
     xmin, ymin, xmax, ymax = window
     w, h = int(math.ceil((xmax - xmin) / res)), int(math.ceil((ymax - ymin) / res))
     img = np.full((h, w), TERRAIN, dtype=np.uint8)
@@ -91,14 +95,20 @@ def rasterize(net: RoadNetwork, window: tuple[float, float, float, float], res: 
             fill(walk, SIDEWALK)
     fill(net.drivable.buffer(KERB_BAND).intersection(clip), KERB)
     fill(net.drivable.intersection(clip), ROAD)
-    for geom, value in marking_polygons(net, clip):
-        fill(geom, value)
+    if markings is None:
+        markings = marking_polygons(net, clip)
+    for geom, value in markings:
+        x0, y0, x1, y1 = geom.bounds
+        if x1 >= xmin and x0 <= xmax and y1 >= ymin and y0 <= ymax:
+            fill(geom, value)
     return LabelRaster(img, xmin, ymin, res, fallback)
 
 
-def marking_polygons(net: RoadNetwork, clip: Polygon) -> list[tuple[Polygon, int]]:
+def marking_polygons(net: RoadNetwork, clip: Polygon | None = None
+                     ) -> list[tuple[Polygon, int]]:
     """Paint on the road: dashed white lane dividers, double yellow road dividers, zebra
-    stripes and stop bars, as (polygon, label) pairs within ``clip``."""
+    stripes and stop bars, as (polygon, label) pairs near ``clip`` (default: everywhere)."""
+    clip = box(0, 0, *net.canvas_edge) if clip is None else clip
     out = []
     for div in net.dividers:
         if not _near(div.path, clip):

@@ -33,6 +33,16 @@ class Boxes:
         local = signs * np.array([ln, w, h]) / 2
         return local @ _rot_z(self.yaws[i]).T + self.centres[i]
 
+    def all_corners(self) -> np.ndarray:
+        """Corners ``(N, 8, 3)`` of every box in the global frame."""
+        signs = np.array([[a, b, c] for a in (-1, 1) for b in (-1, 1) for c in (-1, 1)], float)
+        half = self.sizes[:, [1, 0, 2]] / 2                       # length, width, height
+        local = signs[None] * half[:, None]
+        c, s = np.cos(self.yaws)[:, None], np.sin(self.yaws)[:, None]
+        x = c * local[..., 0] - s * local[..., 1]
+        y = s * local[..., 0] + c * local[..., 1]
+        return np.stack([x, y, local[..., 2]], axis=-1) + self.centres[:, None]
+
 
 @dataclass
 class Hits:
@@ -44,6 +54,12 @@ class Hits:
     box: np.ndarray
     normal: np.ndarray
     local: np.ndarray
+
+    def flat(self) -> Hits:
+        """The same hits with the ray grid flattened to one axis."""
+        n = self.t.size
+        return Hits(self.t.reshape(n), self.label.reshape(n), self.box.reshape(n),
+                    self.normal.reshape(n, 3), self.local.reshape(n, 3))
 
 
 Window = tuple[int, int, int, int]   # rows y0:y1, columns x0:x1 of the ray grid
@@ -107,7 +123,7 @@ def _ground(origin: np.ndarray, dirs: np.ndarray, raster: LabelRaster,
     z=0 inside a raised area must have hit the kerb's vertical face."""
     dz = dirs[:, 2]
     down = dz < -1e-9
-    t = np.full(len(dirs), np.inf)
+    t = np.full(len(dirs), np.inf, dtype=dirs.dtype)
     label = np.full(len(dirs), SKY, dtype=np.uint8)
     if not down.any():
         return t, label

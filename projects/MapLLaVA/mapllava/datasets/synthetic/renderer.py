@@ -7,6 +7,7 @@ into the same world.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import cv2
@@ -78,13 +79,10 @@ def render_camera(world: World, cam2global: np.ndarray, intrinsic: np.ndarray, w
     k[:2] *= ss
     k[:2, 2] += (ss - 1) / 2
     hh, ww = height * ss, width * ss
-    u, v = np.meshgrid(np.arange(ww, dtype=np.float64), np.arange(hh, dtype=np.float64))
-    pix = np.stack([u, v, np.ones_like(u)], axis=-1)
-    dirs = pix @ (cam2global[:3, :3] @ np.linalg.inv(k)).T
-    dirs = (dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)).astype(np.float32)
+    dirs = _pixel_rays(tuple(k.ravel()), ww, hh) @ cam2global[:3, :3].T.astype(np.float32)
     origin = cam2global[:3, 3]
     windows = _camera_windows(world.boxes, cam2global, k, ww, hh)
-    hits = cast(origin, dirs, world.raster, world.boxes, MAX_CAMERA_RANGE, windows)
+    hits = cast(origin, dirs, world.raster, world.boxes, MAX_CAMERA_RANGE, windows).flat()
     img = _shade(world, origin, dirs.reshape(-1, 3), hits).reshape(hh, ww, 3)
     if ss > 1:
         img = cv2.resize(img, (width, height), interpolation=cv2.INTER_AREA)
@@ -92,78 +90,91 @@ def render_camera(world: World, cam2global: np.ndarray, intrinsic: np.ndarray, w
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=8)
+def _pixel_rays(k: tuple[float, ...], w: int, h: int) -> np.ndarray:
+    """Unit rays ``(h, w, 3)`` through the pixel centres, in the camera frame."""
+    u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
+    rays = np.stack([u, v, np.ones_like(u)], axis=-1) @ np.linalg.inv(np.reshape(k, (3, 3))).T
+    return (rays / np.linalg.norm(rays, axis=-1, keepdims=True)).astype(np.float32)
+
+
 def _camera_windows(boxes: Boxes, cam2global: np.ndarray, k: np.ndarray, w: int,
                     h: int) -> list[tuple[int, tuple[int, int, int, int]]]:
     """Per visible box, the image rectangle (rows, columns) its projection covers."""
+    if len(boxes) == 0:
+        return []
     g2c = np.linalg.inv(cam2global)
+    c = boxes.all_corners() @ g2c[:3, :3].T + g2c[:3, 3]          # (N, 8, 3)
+    front = c[..., 2] > 0.05
+    near = np.linalg.norm(c.mean(1), axis=1) < MAX_CAMERA_RANGE
+    p = c @ k.T
+    p = p[..., :2] / np.where(front, p[..., 2], 1.0)[..., None]
+    lo = np.floor(np.where(front[..., None], p, np.inf).min(1)).clip(0, None)
+    hi = np.ceil(np.where(front[..., None], p, -np.inf).max(1)) + 1
     out = []
-    for i in range(len(boxes)):
-        c = boxes.corners(i) @ g2c[:3, :3].T + g2c[:3, 3]
-        if (c[:, 2] <= 0.05).all() or np.linalg.norm(c.mean(0)) > MAX_CAMERA_RANGE:
+    for i in np.nonzero(front.any(1) & near)[0]:
+        if not front[i].all():       # straddles the camera plane: test the whole image
+            out.append((int(i), (0, h, 0, w)))
             continue
-        if (c[:, 2] <= 0.05).any():     # straddles the camera plane: test the whole image
-            out.append((i, (0, h, 0, w)))
-            continue
-        p = c @ k.T
-        p = p[:, :2] / p[:, 2:]
-        x0, y0 = np.maximum(np.floor(p.min(0)).astype(int), 0)
-        x1, y1 = np.ceil(p.max(0)).astype(int) + 1
-        x1, y1 = min(x1, w), min(y1, h)
+        x0, y0 = int(lo[i, 0]), int(lo[i, 1])
+        x1, y1 = int(min(hi[i, 0], w)), int(min(hi[i, 1], h))
         if x1 > x0 and y1 > y0:
-            out.append((i, (int(y0), int(y1), int(x0), int(x1))))
+            out.append((int(i), (y0, y1, x0, x1)))
     return out
 
 
 def _shade(world: World, origin: np.ndarray, dirs: np.ndarray, hits: Hits) -> np.ndarray:
-    """RGB (float) per ray (``dirs`` flattened to (N, 3))."""
+    """RGB (float32) per ray (``dirs`` and ``hits`` flattened)."""
     st, raster = world.style, world.raster
-    hits = Hits(*(a.reshape(len(dirs), *a.shape[2:]) for a in (hits.t, hits.label, hits.box,
-                                                               hits.normal, hits.local)))
-    rgb = np.zeros((len(dirs), 3), dtype=np.float32)
-    ground = (hits.label != SKY) & (hits.box < 0)
-    if ground.any():
-        p = origin + hits.t[ground, None] * dirs[ground]
-        col = np.floor((p[:, 0] - raster.x0) / raster.res).astype(np.int64)
-        row = np.floor((p[:, 1] - raster.y0) / raster.res).astype(np.int64)
-        tex = st.fine[row % 251, col % 251] + 0.8 * st.coarse[(row // 8) % 241, (col // 8) % 241]
-        lab = hits.label[ground]
-        light = np.where(lab == KERB_FACE, 0.55 + 0.3 * st.sun[2], 0.75 + 0.25 * st.sun[2])
-        rgb[ground] = _COLOURS[lab] * ((1 + _TEXTURE[lab] * tex * 0.5) * light)[:, None]
-    boxed = hits.box >= 0
-    if boxed.any():
+    finite = np.isfinite(hits.t)
+    t = np.where(finite, hits.t, 0.0).astype(np.float32)
+    px = origin[0] + t * dirs[:, 0]
+    py = origin[1] + t * dirs[:, 1]
+    col = np.floor((px - raster.x0) / raster.res).astype(np.int64)
+    row = np.floor((py - raster.y0) / raster.res).astype(np.int64)
+    tex = st.fine[row % 251, col % 251] + 0.8 * st.coarse[(row // 8) % 241, (col // 8) % 241]
+    lab = hits.label
+    light = np.where(lab == KERB_FACE, 0.55 + 0.3 * st.sun[2], 0.75 + 0.25 * st.sun[2])
+    rgb = _COLOURS[lab] * ((1 + _TEXTURE[lab] * tex * 0.5) * light).astype(np.float32)[:, None]
+    boxed = np.nonzero(hits.box >= 0)[0]
+    if len(boxed):
         rgb[boxed] = _shade_boxes(world, hits, boxed)
-    sky = hits.label == SKY
-    elev = np.clip(dirs[sky, 2], 0.0, 1.0) ** 0.6
-    rgb[sky] = st.sky_horizon * (1 - elev[:, None]) + st.sky_top * elev[:, None]
-    hit = ~sky
-    fog = 1.0 - np.exp(-hits.t[hit] / 600.0)
-    rgb[hit] = rgb[hit] * (1 - fog[:, None]) + st.sky_horizon * fog[:, None]
-    return rgb * st.gain
+    elev = np.clip(dirs[:, 2], 0.0, 1.0) ** 0.6
+    sky = (st.sky_horizon * (1 - elev[:, None]) + st.sky_top * elev[:, None]).astype(np.float32)
+    fog = (1.0 - np.exp(-t / 600.0))[:, None]
+    rgb = np.where(finite[:, None], rgb * (1 - fog) + st.sky_horizon.astype(np.float32) * fog,
+                   sky)
+    return rgb * st.gain.astype(np.float32)
 
 
-def _shade_boxes(world: World, hits, boxed: np.ndarray) -> np.ndarray:
+_WHEEL = np.array([25.0, 25.0, 28.0], dtype=np.float32)
+_GLASS = np.array([40.0, 55.0, 75.0], dtype=np.float32)
+
+
+def _shade_boxes(world: World, hits: Hits, idx: np.ndarray) -> np.ndarray:
     """Flat-shaded boxes: vehicles get dark wheels and windows, buildings a window grid."""
-    idx = hits.box[boxed]
-    nrm_local = hits.normal[boxed]
-    yaw = world.boxes.yaws[idx]
-    nx = np.cos(yaw) * nrm_local[:, 0] - np.sin(yaw) * nrm_local[:, 1]
-    ny = np.sin(yaw) * nrm_local[:, 0] + np.cos(yaw) * nrm_local[:, 1]
+    box = hits.box[idx]
+    n = hits.normal[idx]
+    yaw = world.boxes.yaws[box]
+    cy, sy = np.cos(yaw), np.sin(yaw)
     sun = world.style.sun
-    lambert = np.clip(nx * sun[0] + ny * sun[1] + nrm_local[:, 2] * sun[2], 0.0, 1.0)
-    col = world.colours[idx] * (0.45 + 0.55 * lambert)[:, None]
-    local = hits.local[boxed]
-    kind = world.kinds[idx]
-    height = world.boxes.sizes[idx, 2]
-    side = nrm_local[:, 2] == 0
+    lambert = np.clip((cy * n[:, 0] - sy * n[:, 1]) * sun[0] + (sy * n[:, 0] + cy * n[:, 1]) *
+                      sun[1] + n[:, 2] * sun[2], 0.0, 1.0)
+    col = world.colours[box].astype(np.float32) * (0.45 + 0.55 * lambert).astype(
+        np.float32)[:, None]
+    local = hits.local[idx]
+    kind = world.kinds[box]
+    height = world.boxes.sizes[box, 2]
+    side = n[:, 2] == 0
     z = local[:, 2]
     vehicle = kind == 0
-    col[vehicle & (z < 0.3 * height)] = (25, 25, 28)
-    col[vehicle & side & (z > 0.6 * height) & (z < 0.92 * height)] *= 0.35
-    u = np.where(np.abs(nrm_local[:, 0]) > 0, local[:, 1], local[:, 0])
-    window = (kind == 3) & side & (z > 1.5) & (np.mod(u, 3.2) > 0.8) & (np.mod(z, 3.5) > 1.1) & \
-        (np.mod(z, 3.5) < 2.7)
-    col[window] = col[window] * 0.35 + np.array([40.0, 55.0, 75.0])
-    return col
+    col = np.where((vehicle & (z < 0.3 * height))[:, None], _WHEEL, col)
+    glass = vehicle & side & (z > 0.6 * height) & (z < 0.92 * height)
+    u = np.where(n[:, 0] != 0, local[:, 1], local[:, 0])
+    zm = np.mod(z, 3.5)
+    window = (kind == 3) & side & (z > 1.5) & (np.mod(u, 3.2) > 0.8) & (zm > 1.1) & (zm < 2.7)
+    col = np.where(glass[:, None], col * 0.35, col)
+    return np.where(window[:, None], col * 0.35 + _GLASS, col)
 
 
 def render_lidar(world: World, lidar2global: np.ndarray, rng: np.random.Generator,
@@ -180,9 +191,7 @@ def render_lidar(world: World, lidar2global: np.ndarray, rng: np.random.Generato
     full = (0, dirs.shape[0], 0, dirs.shape[1])
     near = [(i, full) for i in range(len(world.boxes))
             if np.linalg.norm(world.boxes.centres[i, :2] - origin[:2]) < MAX_LIDAR_RANGE + 40]
-    hits = cast(origin, dirs, world.raster, world.boxes, MAX_LIDAR_RANGE, near)
-    hits = Hits(*(a.reshape(dirs.shape[0] * dirs.shape[1], *a.shape[2:])
-                  for a in (hits.t, hits.label, hits.box, hits.normal, hits.local)))
+    hits = cast(origin, dirs, world.raster, world.boxes, MAX_LIDAR_RANGE, near).flat()
     ok = hits.label != SKY
     rng_noise = rng.normal(0.0, 0.015, size=int(ok.sum()))
     t = hits.t[ok] + rng_noise

@@ -1,0 +1,195 @@
+"""tools/train.py, tools/test.py, tools/dist_train.sh, tools/preflight.py and the loss-curve
+plot on the toy model: bad input fails before training, with the offending name."""
+import importlib.util
+import os
+import os.path as osp
+import pickle
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from _toy_training import REPO_ROOT, write_toy_config
+from mmengine.config import Config
+
+from projects.MapLLaVA.mapllava.engine.cli import run_cli
+from projects.MapLLaVA.mapllava.engine.config_checks import (
+    ConfigCheckError,
+    validate_cfg_options,
+)
+
+
+def _tool(name):
+    path = osp.join(REPO_ROOT, 'tools', f'{name}.py')
+    spec = importlib.util.spec_from_file_location(f'_tool_{osp.basename(name)}', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train_tool, test_tool = _tool('train'), _tool('test')
+
+
+def _cli_error(capsys, main, argv):
+    """Run a tool like its __main__ does; return the stderr of its exit-status-2 failure."""
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: main(argv))
+    assert exc.value.code == 2
+    return capsys.readouterr().err
+
+
+@pytest.fixture(scope='module')
+def toy(tmp_path_factory):
+    """A toy config and a checkpoint trained by tools/train.py (1 epoch)."""
+    tmp = tmp_path_factory.mktemp('toy')
+    cfg = write_toy_config(tmp / 'toy.py', str(tmp / 'work'), max_epochs=1)
+    train_tool.main([cfg])
+    return dict(tmp=tmp, cfg=cfg, work_dir=str(tmp / 'work'),
+                ckpt=str(tmp / 'work' / 'checkpoint_epoch_1.pth'))
+
+
+def test_validate_cfg_options():
+    cfg = Config(dict(model=dict(head=dict(num_queries=50), layers=[dict(a=1)]),
+                      optim_wrapper=dict(optimizer=dict(lr=1.)), train_cfg=dict(max_epochs=2)))
+    ok = {'model.head.num_queries': 10, 'model.layers.0.a': 2, 'optim_wrapper.clip_grad': None,
+          'train_cfg.val_begin': 2, 'load_from': 'x.pth', 'work_dir': 'w',
+          '+model.head.new_arg': 1}
+    assert validate_cfg_options(cfg, ok)['model.head.new_arg'] == 1
+    for bad, hint in [('model.head.num_querys', "did you mean num_queries"),
+                      ('model.haed.num_queries', 'did you mean head'),
+                      ('model.layers.3.a', 'list of 1 items'),
+                      ('model.head.num_queries.x', 'is a int'),
+                      ('max_epoch', '<top level> has no key')]:
+        with pytest.raises(ConfigCheckError, match=hint) as err:
+            validate_cfg_options(cfg, {bad: 1})
+        assert bad in str(err.value)
+
+
+def test_train_rejects_unknown_cfg_option_before_training(tmp_path, capsys):
+    cfg = write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work'))
+    err = _cli_error(capsys, train_tool.main,
+                     [cfg, '--cfg-options', 'model.dimm=3', 'train_cfg.max_epochs=1'])
+    assert 'model.dimm' in err and 'train_cfg.max_epochs' not in err
+    assert not osp.exists(tmp_path / 'work')  # nothing built, nothing trained
+
+
+def test_train_names_missing_infos(tmp_path, capsys):
+    cfg = write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work'))
+    ann = str(tmp_path / 'nuscenes_map_infos_train.pkl')
+    err = _cli_error(capsys, train_tool.main,
+                     [cfg, '--cfg-options', f'+train_dataloader.dataset.ann_file={ann}'])
+    assert ann in err and 'create_data.py' in err
+
+
+def test_train_names_missing_llm_path(tmp_path, capsys):
+    cfg = write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work'))
+    err = _cli_error(capsys, train_tool.main,
+                     [cfg, '--cfg-options', '+model.llm_path=/nonexistent/vicuna-7b'])
+    assert 'model.llm_path' in err and '/nonexistent/vicuna-7b' in err
+
+
+def test_train_missing_resume_checkpoint(tmp_path, capsys):
+    cfg = write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work'))
+    err = _cli_error(capsys, train_tool.main, [cfg, '--resume', str(tmp_path / 'no.pth')])
+    assert 'no.pth' in err
+
+
+def test_test_tool_rejects_mismatched_checkpoint(toy, tmp_path, capsys):
+    state = torch.load(toy['ckpt'], weights_only=True)['state_dict']
+    state['map_head.unexpected'] = state.pop('map_head.bias')
+    bad = str(tmp_path / 'bad.pth')
+    torch.save(dict(state_dict=state), bad)
+    err = _cli_error(capsys, test_tool.main,
+                     [toy['cfg'], bad, '--work-dir', str(tmp_path / 'w')])
+    assert 'map_head.bias' in err and 'map_head.unexpected' in err
+
+
+def test_test_tool_out_and_show_dir(toy, tmp_path):
+    out, show = str(tmp_path / 'preds' / 'preds.pkl'), str(tmp_path / 'show')
+    test_tool.main([toy['cfg'], toy['ckpt'], '--work-dir', str(tmp_path / 'w'), '--out', out,
+                    '--show-dir', show, '--score-thr', '0.0'])
+    with open(out, 'rb') as f:
+        dumped = pickle.load(f)
+    assert dumped['meta']['format'] == 'mapllava-predictions'
+    assert dumped['meta']['classes'] == ('divider', 'ped_crossing', 'boundary')
+    results = dumped['results']
+    assert [r['token'] for r in results] == [f'tok{i:03d}' for i in range(4)]
+    assert results[0]['polylines'].shape == (4, 5, 2)
+    assert results[0]['polylines'].dtype == np.float32 and results[0]['labels'].dtype == np.int64
+    assert sorted(os.listdir(show)) == [f'tok{i:03d}_bev.png' for i in range(4)]
+
+
+def test_plot_loss_curve(toy, tmp_path):
+    out = str(tmp_path / 'curve.png')
+    _tool('analysis_tools/plot_loss_curve').main(
+        [toy['work_dir'], '--keys', 'loss', 'loss_cls', 'loss_cur', '--out', out])
+    with open(out, 'rb') as f:
+        assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    with pytest.raises(KeyError, match='available'):
+        _tool('analysis_tools/plot_loss_curve').main([toy['work_dir'], '--keys', 'nope'])
+
+
+def _write_infos(root, name, entries):
+    os.makedirs(osp.join(root, 'v1.0-mini'), exist_ok=True)
+    with open(osp.join(root, name), 'wb') as f:
+        pickle.dump(dict(metainfo=dict(version='v1.0-mini'), data_list=entries), f)
+
+
+def test_preflight_pass_and_fail(toy, tmp_path, capsys):
+    preflight = _tool('preflight')
+    root = str(tmp_path / 'nus')
+    _write_infos(root, 'train.pkl', [dict(token='a', map_annos={})] * 2)
+    _write_infos(root, 'val.pkl', [dict(token='b', map_annos={})])
+    data = ['train_dataloader', 'val_dataloader', 'test_dataloader']
+    good = [f'+{d}.dataset.data_root={root}' for d in data] + [
+        '+train_dataloader.dataset.ann_file=train.pkl',
+        '+val_dataloader.dataset.ann_file=val.pkl', '+test_dataloader.dataset.ann_file=val.pkl']
+    assert preflight.main([toy['cfg'], '--cfg-options', *good]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert all(line.startswith('PASS') for line in lines[:-1]), lines
+    assert any('2 samples, 2 with map_annos' in line for line in lines)
+    assert any(line.startswith('PASS  gpu') for line in lines)
+
+    _write_infos(root, 'val.pkl', [])
+    bad = good + ['+model.llm_path=/nonexistent/llm', 'model.type=NoSuchModel',
+                  '+preflight.requires_gpu=True', '+preflight.min_free_disk_gb=1e9']
+    assert preflight.main([toy['cfg'], '--cfg-options', *bad]) == 1
+    out = capsys.readouterr().out
+    failed = {line.split()[1] for line in out.splitlines() if line.startswith('FAIL')}
+    expected = {'registry', 'infos', 'pretrained', 'disk'}
+    if not torch.cuda.is_available():
+        expected.add('gpu')
+    assert failed == expected, out
+    assert 'model=NoSuchModel' in out and '0 samples' in out
+
+    assert preflight.main([toy['cfg'], '--cfg-options', 'model.typo=1']) == 2
+    assert 'FAIL  config' in capsys.readouterr().out
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_end_identical(tmp_path):
+    work = tmp_path / 'work'
+    cfg = write_toy_config(tmp_path / 'dist.py', str(work), max_epochs=2,
+                           custom_hooks=[dict(type='ToyDumpWeightsHook')])
+    env = dict(os.environ, PYTHONPATH=osp.join(REPO_ROOT, 'tests'), PORT=str(_free_port()),
+               PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    proc = subprocess.run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'), cfg, '2'],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rank0 = torch.load(work / 'rank0.pth', weights_only=True)
+    rank1 = torch.load(work / 'rank1.pth', weights_only=True)
+    epoch1 = torch.load(work / 'checkpoint_epoch_1.pth', weights_only=True)['state_dict']
+    for key in rank0:
+        torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
+    assert not torch.equal(rank0['map_head.weight'], epoch1['map_head.weight'])
+    # 8 samples over 2 ranks x batch 2 -> 2 iterations per epoch
+    final = torch.load(work / 'final_model.pth', weights_only=True)
+    assert final['meta']['iter'] == 4
