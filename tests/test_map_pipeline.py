@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+from mmdet3d.registry import DATASETS, MODELS
+from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 from mmengine.registry import init_default_scope
 from torch.utils.data import DataLoader
@@ -213,6 +215,21 @@ def test_dataset_epoch(synthetic_root):
                 assert isinstance(meta['token'], str)
             seen += len(batch['data_samples'])
         assert seen == len(ds)
+    # the model's preprocessor normalizes, pads and stacks the packed views
+    pre = MODELS.build(dict(type='Det3DDataPreprocessor', mean=[123.675, 116.28, 103.53],
+                            std=[58.395, 57.12, 57.375], bgr_to_rgb=True, pad_size_divisor=32))
+    out = pre(batch, training=True)
+    assert out['inputs']['imgs'].shape == (len(batch['data_samples']), 6, 3, 32, 64)
+
+
+@pytest.mark.slow
+def test_base_dataset_config(synthetic_root):
+    cfg = Config.fromfile(os.path.join(REPO, 'configs', '_base_', 'datasets', 'nus-map.py'))
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        ds = DATASETS.build(dict(loader.dataset, data_root=synthetic_root))
+        item = ds[0]
+        assert item['inputs']['img'].shape == (6, 3, 450, 800)
+        assert item['data_samples'].gt_instances_3d.shifts.shape[1:] == (38, 20, 2)
 
 
 def _divider_brightness(info: dict, img: np.ndarray, dx: float) -> np.ndarray:
@@ -251,3 +268,32 @@ def test_gt_divider_projects_onto_marking(synthetic_root):
             off = np.concatenate([_divider_brightness(info, img, d) for d in (-0.8, 0.8)])
             assert len(on) > 50, f'{info["token"]}: no divider in view of CAM_FRONT'
             assert on.mean() > off.mean() + 15, (info['token'], on.mean(), off.mean())
+
+
+@pytest.mark.slow
+def test_infos_contract_and_parallel_determinism(synthetic_root, tmp_path):
+    """Infos follow docs/data_format.md; in-process and 2-worker conversions agree."""
+    import mmengine
+
+    from projects.MapLLaVA.mapllava.datasets.map_gt import CAMERAS, create_nuscenes_map_infos
+    paths = create_nuscenes_map_infos(synthetic_root, 'v1.0-mini', out_dir=str(tmp_path),
+                                      workers=1)
+    for split, path in paths.items():
+        ours = mmengine.load(path)
+        ref = mmengine.load(os.path.join(synthetic_root, f'nuscenes_map_infos_{split}.pkl'))
+        assert ours['metainfo'] == ref['metainfo'] == dict(
+            classes=('divider', 'ped_crossing', 'boundary'), roi_size=(30., 60.),
+            version='v1.0-mini', dataset='nuscenes', info_version=1)
+        assert [e['token'] for e in ours['data_list']] == [e['token'] for e in ref['data_list']]
+        for a, b in zip(ours['data_list'], ref['data_list']):
+            assert list(a['images']) == list(CAMERAS)
+            cam = a['images']['CAM_FRONT']
+            k4 = np.eye(4)
+            k4[:3, :3] = cam['cam2img']
+            assert np.allclose(cam['lidar2img'], k4 @ cam['lidar2cam'])
+            assert a['ego2global'].shape == a['lidar2ego'].shape == (4, 4)
+            assert not os.path.isabs(a['lidar_points']['lidar_path'])
+            for key in ('labels', 'vectors_resampled', 'bboxes', 'is_closed'):
+                assert np.array_equal(a['map_annos'][key], b['map_annos'][key])
+            assert all(np.array_equal(u, v) for u, v in zip(a['map_annos']['vectors'],
+                                                              b['map_annos']['vectors']))

@@ -13,6 +13,7 @@ from mmengine.runner import Runner
 
 from projects.MapLLaVA.mapllava.engine import CheckpointMismatchError, MapRunner
 from projects.MapLLaVA.mapllava.engine.cli import build_runner
+from projects.MapLLaVA.mapllava.hooks import MapCheckpointHook
 
 
 def _runner(tmp_path, name='run', **kwargs):
@@ -68,14 +69,14 @@ def test_group_lrs_and_current_losses_logged(trained):
     rows = [r for r in _scalars(trained.work_dir) if 'iter' in r]
     assert len(rows) == 12
     for row in rows:
-        assert row['lr_qformer'] == pytest.approx(0.1 * row['lr_queries'])
-        assert row['lr_decoder'] == pytest.approx(row['lr_queries'])
-        assert 'lr_llm' not in row  # frozen: no trainable parameters
+        assert row['qformer_lr'] == pytest.approx(0.1 * row['queries_lr'])
+        assert row['decoder_lr'] == pytest.approx(row['queries_lr'])
+        assert 'llm_lr' not in row  # frozen: no trainable parameters
         for key in ('loss', 'loss_cls', 'loss_pts', 'loss_dir'):
             assert key in row and f'{key}_cur' in row
     # running mean vs current value differ once the window holds several iterations
     assert any(r['loss'] != pytest.approx(r['loss_cur']) for r in rows[1:])
-    lrs = [r['lr_queries'] for r in rows]
+    lrs = [r['queries_lr'] for r in rows]
     assert lrs[0] < lrs[1] and lrs[-1] < max(lrs)  # warm-up, then cosine decay
 
 
@@ -84,7 +85,7 @@ def test_tensorboard_gets_group_lrs(trained):
     (events,) = glob.glob(osp.join(trained.work_dir, '*', 'vis_data', 'events.out.*'))
     acc = EventAccumulator(events)
     acc.Reload()
-    assert {'lr_qformer', 'lr_queries', 'loss_cls', 'loss_cur'} <= set(acc.Tags()['scalars'])
+    assert {'qformer_lr', 'queries_lr', 'loss_cls', 'loss_cur'} <= set(acc.Tags()['scalars'])
 
 
 def _crashing_put(self, obj, filepath):
@@ -114,6 +115,25 @@ def test_crash_mid_save_keeps_previous_checkpoint(tmp_path, monkeypatch, runner_
     resumed = _runner(tmp_path, max_epochs=2)  # auto-resume through last_checkpoint
     resumed.train()
     assert resumed.iter == 8
+
+
+def test_crash_mid_save_with_one_kept_checkpoint(tmp_path, monkeypatch):
+    """mmengine prunes before saving; with max_keep_ckpts=1 that would leave nothing."""
+    runner = _runner(tmp_path, max_epochs=1, default_hooks=dict(checkpoint=dict(
+        type='MapCheckpointHook', interval=1, max_keep_ckpts=1)))
+    runner.train()
+    (hook,) = [h for h in runner.hooks if isinstance(h, MapCheckpointHook)]
+    monkeypatch.setattr(LocalBackend, 'put', _crashing_put)
+    with pytest.raises(KeyboardInterrupt):
+        hook._save_checkpoint_with_step(runner, 2, dict(epoch=2, iter=8))
+    monkeypatch.undo()
+    path = osp.join(runner.work_dir, 'checkpoint_epoch_1.pth')
+    assert torch.load(path, weights_only=True)['meta']['epoch'] == 1
+    with open(osp.join(runner.work_dir, 'last_checkpoint')) as f:
+        assert f.read() == path
+    hook._save_checkpoint_with_step(runner, 2, dict(epoch=2, iter=8))  # pruned only now
+    assert not osp.exists(path)
+    assert osp.exists(osp.join(runner.work_dir, 'checkpoint_epoch_2.pth'))
 
 
 def test_resume_is_exact(tmp_path):

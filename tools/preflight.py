@@ -12,7 +12,8 @@ that cannot even be read). Items:
 * ``infos``: each ``ann_file`` exists, loads, has a non-empty ``data_list`` whose entries
   carry ``map_annos``;
 * ``pretrained``: LLM / tokenizer / BLIP-2 references resolve offline (a folder with
-  ``config.json`` or a hub id already in the local HF cache);
+  ``config.json`` or a hub id already in the local HF cache); ``init_cfg`` ``Pretrained``
+  checkpoints exist (files) or are cached / downloadable (URLs, ``torchvision://``);
 * ``gpu``: a config that needs a GPU (``preflight.requires_gpu``, or by default any config
   loading a pretrained LLM) fails without one; CPU-sized configs pass on CPU. With a GPU,
   free memory is compared to ``preflight.gpu_mem_gb`` (fixed) +
@@ -58,7 +59,7 @@ class Report:
 def _registry_sections(cfg) -> list:
     """``(config subtree, where, registries that may hold its types)``."""
     from mmdet3d import registry as r
-    sections = [(cfg.get('model'), 'model', (r.MODELS, r.TASK_UTILS)),
+    sections = [(cfg.get('model'), 'model', (r.MODELS, r.TASK_UTILS, r.WEIGHT_INITIALIZERS)),
                 (cfg.get('optim_wrapper'), 'optim_wrapper', (r.OPTIM_WRAPPERS, r.OPTIMIZERS)),
                 (cfg.get('param_scheduler'), 'param_scheduler', (r.PARAM_SCHEDULERS,)),
                 (cfg.get('default_hooks'), 'default_hooks', (r.HOOKS,)),
@@ -93,19 +94,18 @@ def check_registry(cfg, report: Report) -> None:
     from mmengine.registry import DefaultScope
     if not DefaultScope.check_instance_created('preflight'):
         DefaultScope.get_instance('preflight', scope_name=cfg.get('default_scope', 'mmdet3d'))
-    missing, count = [], 0
+    missing, count = {}, 0  # type name -> first place it is used
     for node, where, registries in _registry_sections(cfg):
         for path, name in _types(node, where):
             count += 1
-            if name == 'pseudo_collate' or any(reg.get(name) for reg in registries):
-                continue
-            missing.append(f'{path}={name}')
+            if not any(reg.get(name) for reg in registries):
+                missing.setdefault(name, path)
     runner_type = cfg.get('runner_type', 'MapRunner')
     if isinstance(runner_type, str) and RUNNERS.get(runner_type) is None:
-        missing.append(f'runner_type={runner_type}')
+        missing.setdefault(runner_type, 'runner_type')
     report.add(not missing, 'registry',
-               f'{count} types resolve' if not missing else 'not registered: '
-               + ', '.join(missing))
+               f'{count} types resolve' if not missing else f'{len(missing)} not registered: '
+               + ', '.join(f'{name} ({path})' for name, path in missing.items()))
 
 
 def _load_info(path: str) -> tuple:
@@ -144,6 +144,37 @@ def check_data(cfg, report: Report) -> None:
                    f'{folder} ' + ('present' if osp.isdir(folder) else 'missing'))
 
 
+def _init_checkpoints(node, where: str = 'model'):
+    """``(where, checkpoint)`` of every ``init_cfg=dict(type='Pretrained', checkpoint=...)``."""
+    if isinstance(node, dict):
+        if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
+            yield where, node['checkpoint']
+        for key, value in node.items():
+            yield from _init_checkpoints(value, f'{where}.{key}')
+    elif isinstance(node, (list, tuple)):
+        for i, value in enumerate(node):
+            yield from _init_checkpoints(value, f'{where}.{i}')
+
+
+def _resolve_init_checkpoint(ref: str) -> tuple:
+    """``(ok, detail)`` for an mmengine ``Pretrained`` checkpoint: file, URL or torchvision."""
+    if ref.startswith('torchvision://'):
+        try:
+            from mmengine.runner.checkpoint import get_torchvision_models
+            url = get_torchvision_models()[ref[len('torchvision://'):]]
+        except ImportError:
+            return False, f'{ref}: torchvision is not installed'
+        except KeyError:
+            return False, f'{ref}: no such torchvision model'
+        ref = url
+    if ref.startswith(('http://', 'https://')):
+        import torch
+        cached = osp.join(torch.hub.get_dir(), 'checkpoints', osp.basename(ref))
+        return True, (f'{ref} cached' if osp.isfile(cached)
+                      else f'{ref} not cached: downloaded at init (needs internet)')
+    return osp.isfile(ref), f'{ref} ' + ('present' if osp.isfile(ref) else 'does not exist')
+
+
 def check_pretrained(cfg, report: Report) -> None:
     refs = pretrained_refs(cfg.get('model', {}))
     if not refs:
@@ -151,6 +182,9 @@ def check_pretrained(cfg, report: Report) -> None:
                    'configs)')
     for where, ref in refs:
         ok, detail = resolve_pretrained(ref)
+        report.add(ok, 'pretrained', f'{where}: {detail}')
+    for where, ref in _init_checkpoints(cfg.get('model', {})):
+        ok, detail = _resolve_init_checkpoint(ref)
         report.add(ok, 'pretrained', f'{where}: {detail}')
 
 
@@ -208,7 +242,8 @@ def main(argv=None) -> int:
     report.add(True, 'config', f'{args.config} loads, custom_imports import')
     for check in (check_registry, check_data, check_pretrained, check_gpu, check_disk):
         check(cfg, report)
-    print(f'preflight: {"FAILED: " + ", ".join(report.failed) if report.failed else "all passed"}')
+    failed = ', '.join(dict.fromkeys(report.failed))
+    print(f'preflight: {"FAILED: " + failed if failed else "all passed"}')
     return 1 if report.failed else 0
 
 

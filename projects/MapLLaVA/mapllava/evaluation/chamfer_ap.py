@@ -178,13 +178,13 @@ def _sample_vertices(smp: Mapping[str, Any], name: str, kind: str
         v = np.asarray(v)
         if v.size == 0 and v.ndim <= 3:
             return np.zeros((0, 2)), np.zeros(0, dtype=np.int64)
-        if v.ndim != 3 or v.shape[2] != 2 or not np.issubdtype(v.dtype, np.number):
+        if v.ndim != 3 or v.shape[2] != 2 or v.dtype.kind not in 'fiu':
             raise ValueError(f'{kind} {name!r}: "vectors" array has shape {v.shape} and dtype '
                              f'{v.dtype}, expected a numeric (K, P, 2) array')
         return v.reshape(-1, 2), np.full(len(v), v.shape[1], dtype=np.int64)
-    arrs = [np.asarray(x) for x in v]
+    arrs = [x if isinstance(x, np.ndarray) else np.asarray(x) for x in v]
     for i, x in enumerate(arrs):
-        if x.ndim != 2 or x.shape[1] != 2 or not np.issubdtype(x.dtype, np.number):
+        if x.ndim != 2 or x.shape[1] != 2 or x.dtype.kind not in 'fiu':
             raise ValueError(f'{kind} {name!r}: vectors[{i}] has shape {x.shape} and dtype '
                              f'{x.dtype}, expected a numeric (N, 2) array')
     if not arrs:
@@ -198,7 +198,7 @@ def _int_labels(smp: Mapping[str, Any], name: str, kind: str, num_classes: int) 
     lab = np.asarray(smp['labels'])
     if lab.size == 0:
         return np.zeros(0, dtype=np.int64)
-    if lab.ndim != 1 or not np.issubdtype(lab.dtype, np.integer):
+    if lab.ndim != 1 or lab.dtype.kind not in 'iu':
         raise ValueError(f'{kind} {name!r}: "labels" must be a 1-D integer array, got shape '
                          f'{lab.shape} dtype {lab.dtype}')
     bad = (lab < 0) | (lab >= num_classes)
@@ -212,7 +212,7 @@ def _scores(smp: Mapping[str, Any], name: str, n: int) -> np.ndarray:
     if 'scores' not in smp:
         raise ValueError(f'prediction {name!r}: missing key "scores"')
     scr = np.asarray(smp['scores'])
-    if scr.shape != (n,) or (n and not np.issubdtype(scr.dtype, np.number)):
+    if scr.shape != (n,) or (n and scr.dtype.kind not in 'fiu'):
         raise ValueError(f'prediction {name!r}: {n} vectors but "scores" has shape '
                          f'{scr.shape} dtype {scr.dtype}, expected ({n},) numbers')
     return scr.astype(np.float64)
@@ -236,20 +236,8 @@ def nearest_matchable_gt(pred: _Lines, gt: _Lines, max_thr: float, buffer: float
     best_gt, best_d = np.full(k, -1, dtype=np.int64), np.full(k, np.inf)
     g_start = np.searchsorted(gt.sample, pred.sample, side='left')
     g_end = np.searchsorted(gt.sample, pred.sample, side='right')
-    n_pairs = int((g_end - g_start).sum())
-    _count(stats, 'pairs', n_pairs)
-    if not n_pairs:
-        return best_gt, best_d
-    pi, gi = np.empty(n_pairs, np.int64), np.empty(n_pairs, np.int64)
-    cham, sure = np.empty(n_pairs), np.empty(n_pairs, np.bool_)
-    counts = np.zeros(2, np.int64)
-    _pair_kernel(pred.pts, gt.pts, g_start, g_end, max_thr, buffer - _EDGE_MARGIN,
-                 pi, gi, cham, sure, counts)
-    n = counts[0]
-    pi, gi, cham, sure = pi[:n], gi[:n], cham[:n], sure[:n]
+    pi, gi, cham, sure = pair_chamfer(pred.pts, gt.pts, g_start, g_end, max_thr, buffer, stats)
     undecided = ~sure
-    _count(stats, 'pairs_exact', counts[1])
-    _count(stats, 'pairs_within_thr', n)
     _count(stats, 'pairs_shapely', int(undecided.sum()))
     matchable = sure.copy()
     matchable[undecided] = buffers_intersect(pred.pts, gt.pts, pi[undecided], gi[undecided],
@@ -259,6 +247,32 @@ def nearest_matchable_gt(pred: _Lines, gt: _Lines, max_thr: float, buffer: float
     first = order[np.r_[True, pi[order][1:] != pi[order][:-1]]] if len(order) else order
     best_gt[pi[first]], best_d[pi[first]] = gi[first], cham[first]
     return best_gt, best_d
+
+
+def pair_chamfer(p_pts: np.ndarray, g_pts: np.ndarray, g_start: np.ndarray, g_end: np.ndarray,
+                 max_thr: float, buffer: float, stats: dict[str, int] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs (prediction p, GT ``g_start[p] <= g < g_end[p]``) with chamfer <= ``max_thr``.
+
+    Returns:
+        ``pi``, ``gi`` (pair indices), their chamfer distances, and ``sure``: True where the
+        buffers provably intersect (the rest still needs shapely).
+    """
+    stats = {} if stats is None else stats
+    n_pairs = int(np.maximum(np.asarray(g_end) - np.asarray(g_start), 0).sum())
+    _count(stats, 'pairs', n_pairs)
+    pi, gi = np.empty(n_pairs, np.int64), np.empty(n_pairs, np.int64)
+    cham, sure = np.empty(n_pairs), np.empty(n_pairs, np.bool_)
+    counts = np.zeros(2, np.int64)
+    if n_pairs:
+        _pair_kernel(np.ascontiguousarray(p_pts, dtype=np.float64),
+                     np.ascontiguousarray(g_pts, dtype=np.float64),
+                     np.asarray(g_start, np.int64), np.asarray(g_end, np.int64), float(max_thr),
+                     buffer - _EDGE_MARGIN, pi, gi, cham, sure, counts)
+    _count(stats, 'pairs_exact', counts[1])
+    _count(stats, 'pairs_within_thr', counts[0])
+    n = counts[0]
+    return pi[:n], gi[:n], cham[:n], sure[:n]
 
 
 def _count(stats: dict[str, int], key: str, n: int) -> None:

@@ -2,8 +2,10 @@
 
 mmengine logs only the first param group's lr. With ``paramwise_cfg.custom_keys`` the
 optimizer has one group per parameter, so we map groups back to parameter names and record
-``train/lr_<group>`` in the message hub each iteration; ``LoggerHook`` prints these and
-every vis backend (TensorBoard included) receives them.
+``train/<group>_lr`` in the message hub each iteration; ``LoggerHook`` prints these and
+every vis backend (TensorBoard included) receives them. The names end in ``lr`` because
+``LogProcessor`` prints exactly those keys in scientific notation next to ``lr`` (others get
+four decimals, which would show 1e-5 as 0.0000).
 
 The losses printed by ``LoggerHook`` are ``LogProcessor``'s running means over its window;
 with ``show_current=True`` the hook also asks the log processor for the current value of
@@ -46,7 +48,7 @@ def lr_group_index(model, optimizer, lr_groups: dict) -> dict:
 
 @HOOKS.register_module()
 class GroupLRLoggerHook(Hook):
-    """Record ``lr_<group>`` per iteration and show current loss values.
+    """Record ``<group>_lr`` per iteration and show current loss values.
 
     Args:
         lr_groups: group name -> parameter-name prefix (whole dotted components, unlike the
@@ -88,4 +90,4 @@ class GroupLRLoggerHook(Hook):
     def before_train_iter(self, runner, batch_idx: int, data_batch=None) -> None:
         groups = runner.optim_wrapper.optimizer.param_groups if self._index else ()
         for name, idx in self._index.items():
-            runner.message_hub.update_scalar(f'train/lr_{name}', groups[idx]['lr'])
+            runner.message_hub.update_scalar(f'train/{name}_lr', groups[idx]['lr'])

@@ -8,16 +8,22 @@
 * when training ends: ``final_model.pth`` (weights and meta only).
 
 Writing each file atomically is the runner's job (``MapRunner.save_checkpoint``); unlike
-mmengine's best-checkpoint logic this hook never deletes the previous best before the new
-one is written.
+mmengine's CheckpointHook this hook never deletes a checkpoint (the oldest periodic one, the
+previous best) before its successor is on disk, and it replaces ``last_checkpoint``
+atomically.
 """
 from __future__ import annotations
 
+import os.path as osp
+from collections import deque
 from typing import Optional
 
 from mmdet3d.registry import HOOKS
+from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
+
+from ..engine.map_runner import atomic_write
 
 
 @HOOKS.register_module()
@@ -46,6 +52,40 @@ class MapCheckpointHook(CheckpointHook):
                          rule=rule, filename_tmpl=filename_tmpl, **kwargs)
         self.best_filename = best_filename
         self.final_filename = final_filename
+
+    def _save_checkpoint_with_step(self, runner, step: int, meta: dict) -> None:
+        """mmengine's periodic save, reordered for crash safety.
+
+        mmengine deletes the oldest checkpoint *before* writing the new one and rewrites
+        ``last_checkpoint`` in place; with ``max_keep_ckpts=1`` a crash mid-save would leave
+        nothing to resume from. Here the new file is written first (atomically, by
+        ``MapRunner``), then ``last_checkpoint`` (atomically), and only then the oldest is
+        pruned.
+        """
+        ckpt_filename = self.filename_tmpl.format(step)
+        self.last_ckpt = self.file_backend.join_path(self.out_dir, ckpt_filename)
+        runner.message_hub.update_info('last_ckpt', self.last_ckpt)
+        keep = list(getattr(self, 'keep_ckpt_ids', ()))
+        stale = []
+        if self.max_keep_ckpts > 0 and not (keep and keep[-1] == step):
+            keep.append(step)
+            stale, keep = keep[:-self.max_keep_ckpts], keep[-self.max_keep_ckpts:]
+            runner.message_hub.update_info('keep_ckpt_ids', keep)  # saved in the checkpoint
+        runner.save_checkpoint(
+            self.out_dir, ckpt_filename, self.file_client_args,
+            save_optimizer=self.save_optimizer, save_param_scheduler=self.save_param_scheduler,
+            meta=meta, by_epoch=self.by_epoch, backend_args=self.backend_args, **self.args)
+        if self.max_keep_ckpts > 0:
+            self.keep_ckpt_ids = deque(keep, self.max_keep_ckpts)
+        if not is_main_process():
+            return
+        atomic_write(osp.join(runner.work_dir, 'last_checkpoint'), self.last_ckpt.encode())
+        for old_step in stale:
+            path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old_step))
+            if self.file_backend.isfile(path):
+                self.file_backend.remove(path)
+            elif self.file_backend.isdir(path):  # deepspeed checkpoints are folders
+                self.file_backend.rmtree(path)
 
     def _metric_key(self, metrics: dict) -> Optional[str]:
         key = self.key_indicators[0]

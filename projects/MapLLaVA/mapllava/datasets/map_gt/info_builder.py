@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from nuscenes import NuScenes
+from nuscenes.map_expansion.map_api import locations as MAP_LOCATIONS
 from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 from tqdm import tqdm
@@ -123,16 +124,23 @@ def _map_annos_job(job: tuple[str, np.ndarray]) -> dict:
     return _local_map(location).extract(lidar2global)
 
 
+def index_maps(locations: Sequence[str], cfg: dict) -> float:
+    """Load and index the maps of ``locations`` in this process; returns the seconds."""
+    t0 = time.perf_counter()
+    _init_worker(cfg, {})
+    for location in locations:
+        _local_map(location)
+    return time.perf_counter() - t0
+
+
 def compute_map_annos(jobs: Sequence[tuple[str, np.ndarray]], cfg: dict, workers: int,
                       desc: str = 'map GT') -> list[dict]:
     """``map_annos`` for each (location, lidar2global) job, in order.
 
-    The maps of all locations are loaded here first so a bad map fails fast and forked
-    workers inherit the index instead of each re-reading the JSON.
+    The maps are indexed in this process first (see :func:`index_maps`), so a bad map
+    fails fast and forked workers inherit the index instead of re-reading the JSON.
     """
-    _init_worker(cfg, {})
-    for location in sorted({loc for loc, _ in jobs}):
-        _local_map(location)
+    index_maps(sorted({loc for loc, _ in jobs}), cfg)
     if workers <= 1 or len(jobs) < 2:
         return [_map_annos_job(j) for j in tqdm(jobs, desc=desc)]
     fork = 'fork' in mp.get_all_start_methods()
@@ -157,6 +165,8 @@ def load_nuscenes(root_path: str, version: str) -> NuScenes:
     except KeyError as e:
         raise MapFormatError(f'malformed nuScenes table under {table_root}: missing field or '
                              f'record {e}') from e
+    except AssertionError as e:  # the devkit asserts that the map-mask pngs exist
+        raise FileNotFoundError(str(e)) from e
 
 
 def dump_atomic(obj: object, path: str) -> None:
@@ -204,6 +214,19 @@ def create_nuscenes_map_infos(root_path: str, version: str = 'v1.0-mini',
     cfg = dict(dataroot=root_path, roi_size=roi_size, with_centerline=with_centerline,
                num_resample=num_resample)
     out_dir = out_dir or root_path
+    gt_locations = set()
+    for split, split_samples in samples.items():
+        for scene_token in dict.fromkeys(s['scene_token'] for s in split_samples):
+            scene = nusc.get('scene', scene_token)
+            location = nusc.get('log', scene['log_token'])['location']
+            if location not in MAP_LOCATIONS:
+                raise ValueError(f'{scene["name"]}: log {scene["log_token"]} has unknown map '
+                                 f'location {location!r}; nuScenes maps: {MAP_LOCATIONS}')
+            if split not in NO_GT_SPLITS:
+                gt_locations.add(location)
+    gt_locations = sorted(gt_locations)
+    if gt_locations:
+        print(f'indexed maps {gt_locations} in {index_maps(gt_locations, cfg):.1f}s')
     written = {}
     for split, split_samples in samples.items():
         t0 = time.perf_counter()

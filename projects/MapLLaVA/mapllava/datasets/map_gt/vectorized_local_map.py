@@ -106,6 +106,7 @@ class VectorizedLocalMap:
         if with_centerline:
             poly_layers += ('lane_connector',)
         self._polys = {name: self._index_polygons(name) for name in poly_layers}
+        self._centre_paths: dict[str, LineString] = {}
 
     # ------------------------------------------------------------------ map indexing
     def _records(self, layer: str) -> list[dict]:
@@ -188,14 +189,21 @@ class VectorizedLocalMap:
             out += [(3, ln) for ln in self._centerlines(patch, local)]
         return out
 
+    def _centre_path(self, token: str) -> LineString:
+        """Arcline centre path of a lane, discretized every 0.5 m (cached per map)."""
+        if token not in self._centre_paths:
+            poses = self.nusc_map.discretize_lanes([token], 0.5)[token]
+            self._centre_paths[token] = (LineString(np.round(np.asarray(poses)[:, :2], 3))
+                                         if len(poses) >= 2 else LineString())
+        return self._centre_paths[token]
+
     def _centerlines(self, patch: Polygon, local) -> list[LineString]:
         lanes = {}
         for layer in CENTERLINE_LAYERS:
             for token, _ in self._clipped('poly', layer, patch):
-                poses = self.nusc_map.discretize_lanes([token], 0.5)[token]
-                if len(poses) < 2:
+                path = self._centre_path(token)
+                if path.is_empty:
                     continue
-                path = LineString(np.round(np.asarray(poses)[:, :2], 3))
                 clipped = path.intersection(patch)
                 if clipped.is_empty:
                     continue

@@ -112,8 +112,11 @@ def capture_sample(spec: SceneSpec, world: SceneWorld, keyframe: int, rig: list[
                 counts = dict(zip(ids.tolist(), n.tolist()))
         else:
             img = render_camera(w, pose, s.intrinsic, s.width, s.height, rng)
+            # Full-resolution chroma keeps thin yellow lines yellow in small images.
             ok, buf = cv2.imencode('.jpg', cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+                                   [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY,
+                                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+                                    cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444])
             assert ok, f'JPEG encoding failed for {path}'
             with open(path, 'wb') as f:
                 f.write(buf.tobytes())
