@@ -11,6 +11,16 @@ NUM_PTS = 20
 PC_RANGE = torch.tensor([-15.0, -30.0, 15.0, 30.0])
 
 
+@pytest.fixture(autouse=True, scope='module')
+def single_thread():
+    """One intra-op thread: two OpenMP threads per process oversubscribe a shared 2-core
+    machine and make these small tests several times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def line_shifts(line: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward + reversed order of an open line, padded to ``num_slots`` with junk."""
     shifts = torch.full((num_slots, NUM_PTS, 2), -1e4)
@@ -114,9 +124,10 @@ def empty_gt() -> InstanceData:
                         shifts_valid=torch.zeros(0, 4, dtype=torch.bool))
 
 
-def test_losses_finite_and_keyed():
+@pytest.mark.parametrize('self_attn', ['full', 'decoupled'])
+def test_losses_finite_and_keyed(self_attn):
     torch.manual_seed(0)
-    head = build_head().train()
+    head = build_head(self_attn=self_attn).train()
     out = head(torch.randn(2, 8, 10, 5), torch.randn(2, 50, 32))
     assert out['cls_scores'].shape == (2, 2, 50, 3)
     assert out['pts_preds'].shape == (2, 2, 50, NUM_PTS, 2)
@@ -165,9 +176,10 @@ def test_predict_returns_metres_in_roi():
     assert torch.allclose(res.polylines[0, -1], torch.tensor([15.0, 30.0]))
 
 
-def test_one_to_many_group():
+@pytest.mark.parametrize('self_attn', ['full', 'decoupled'])
+def test_one_to_many_group(self_attn):
     torch.manual_seed(0)
-    head = build_head(num_aux_vec=20, aux_repeat_k=3)
+    head = build_head(num_aux_vec=20, aux_repeat_k=3, self_attn=self_attn)
     bev, queries = torch.randn(1, 8, 10, 5), torch.randn(1, 50, 32)
     out = head.train()(bev, queries)
     assert out['aux_cls_scores'].shape == (2, 1, 20, 3)

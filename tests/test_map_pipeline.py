@@ -297,3 +297,45 @@ def test_infos_contract_and_parallel_determinism(synthetic_root, tmp_path):
                 assert np.array_equal(a['map_annos'][key], b['map_annos'][key])
             assert all(np.array_equal(u, v) for u, v in zip(a['map_annos']['vectors'],
                                                               b['map_annos']['vectors']))
+
+
+@pytest.mark.slow
+def test_converter_bad_input(synthetic_root, tmp_path):
+    """Broken copies of the synthetic tables / maps fail with errors naming the culprit."""
+    import json
+    import shutil
+
+    from projects.MapLLaVA.mapllava.datasets.map_gt import (
+        MapFormatError,
+        create_nuscenes_map_infos,
+    )
+
+    def broken_copy(name):
+        root = tmp_path / name
+        shutil.copytree(synthetic_root, root, ignore=shutil.ignore_patterns(
+            'samples', 'sweeps', '*.pkl'))
+        return root
+
+    def convert(root):
+        return create_nuscenes_map_infos(str(root), 'v1.0-mini', workers=1)
+
+    root = broken_copy('location')
+    logs = json.loads((root / 'v1.0-mini' / 'log.json').read_text())
+    logs[0]['location'] = 'atlantis'
+    (root / 'v1.0-mini' / 'log.json').write_text(json.dumps(logs))
+    with pytest.raises(ValueError, match="unknown map location 'atlantis'"):
+        convert(root)
+
+    root = broken_copy('table')
+    sds = json.loads((root / 'v1.0-mini' / 'sample_data.json').read_text())
+    del sds[0]['ego_pose_token']
+    (root / 'v1.0-mini' / 'sample_data.json').write_text(json.dumps(sds))
+    with pytest.raises(MapFormatError, match='ego_pose_token'):
+        convert(root)
+
+    root = broken_copy('expansion')
+    for f in (root / 'maps' / 'expansion').iterdir():
+        f.unlink()
+    with pytest.raises(FileNotFoundError, match=str(root / 'maps' / 'expansion')):
+        convert(root)
+    assert not list(root.glob('*.pkl'))  # nothing half-written

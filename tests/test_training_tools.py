@@ -17,6 +17,8 @@ from mmengine.config import Config
 from projects.MapLLaVA.mapllava.engine.cli import run_cli
 from projects.MapLLaVA.mapllava.engine.config_checks import (
     ConfigCheckError,
+    pretrained_refs,
+    resolve_pretrained,
     validate_cfg_options,
 )
 
@@ -65,6 +67,28 @@ def test_validate_cfg_options():
         with pytest.raises(ConfigCheckError, match=hint) as err:
             validate_cfg_options(cfg, {bad: 1})
         assert bad in str(err.value)
+
+
+def test_pretrained_refs_and_resolution(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/_base_/models/mapllava_r50_vicuna7b.py'))
+    refs = dict(pretrained_refs(cfg.model))
+    assert refs == {'model.neck.pretrained': 'Salesforce/blip2-opt-2.7b',
+                    'model.bridge.llm_path': 'lmsys/vicuna-7b-v1.5'}  # not the R50 init_cfg
+    folder = tmp_path / 'llm'
+    folder.mkdir()
+    assert not resolve_pretrained(str(folder))[0]  # no config.json
+    (folder / 'config.json').write_text('{}')
+    assert resolve_pretrained(str(folder))[0]
+    assert not resolve_pretrained(str(tmp_path / 'missing'), require_cached=False)[0]
+    for var in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, 'HF_HUB_OFFLINE', False)
+    hub_id = 'mapllava-tests/never-cached'
+    assert not resolve_pretrained(hub_id)[0]  # preflight: must be in the cache
+    assert resolve_pretrained(hub_id, require_cached=False)[0]  # train: may download
+    monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+    assert not resolve_pretrained(hub_id, require_cached=False)[0]
 
 
 def test_train_rejects_unknown_cfg_option_before_training(tmp_path, capsys):
@@ -119,6 +143,9 @@ def test_test_tool_out_and_show_dir(toy, tmp_path):
     assert results[0]['polylines'].shape == (4, 5, 2)
     assert results[0]['polylines'].dtype == np.float32 and results[0]['labels'].dtype == np.int64
     assert sorted(os.listdir(show)) == [f'tok{i:03d}_bev.png' for i in range(4)]
+    # the offline evaluator reads the file as it is
+    loaded, names = _tool('eval_map').load_predictions(out, ['divider'])
+    assert len(loaded) == 4 and names == ('divider', 'ped_crossing', 'boundary')
 
 
 def test_plot_loss_curve(toy, tmp_path):
@@ -162,7 +189,7 @@ def test_preflight_pass_and_fail(toy, tmp_path, capsys):
     if not torch.cuda.is_available():
         expected.add('gpu')
     assert failed == expected, out
-    assert 'model=NoSuchModel' in out and '0 samples' in out
+    assert 'NoSuchModel (model)' in out and '0 samples' in out
 
     assert preflight.main([toy['cfg'], '--cfg-options', 'model.typo=1']) == 2
     assert 'FAIL  config' in capsys.readouterr().out

@@ -1,5 +1,5 @@
 # MapLLaVA, CPU-sized: a narrow ResNet-18 camera branch, 50x25 BEV (1.2 m cells), a 2-layer
-# Q-Former and a random 2-layer Llama (width 128, frozen) and a 2-layer map decoder.
+# Q-Former, a random 2-layer Llama (width 128, frozen) and a 2-layer map decoder.
 # Everything trains from scratch; meant for the synthetic demo and the tests.
 custom_imports = dict(imports=['projects.MapLLaVA.mapllava'], allow_failed_imports=False)
 
@@ -30,7 +30,8 @@ model = dict(
         img_neck=dict(type='LSSFPN', in_channels=[32, 64, 128], out_channels=64),
         view_transform=dict(
             type='LSSViewTransform', in_channels=64, out_channels=bev_channels,
-            depth_bins=(1.0, 60.0, 1.0), downsample=2),
+            # 30 bins up to 44.5 m: the ROI ends at ~34 m, the rest is a sink for far pixels
+            depth_bins=(1.0, 46.0, 1.5), downsample=2),
         pc_range=point_cloud_range,
         bev_size=bev_size),
     neck=dict(
@@ -64,5 +65,6 @@ model = dict(
         num_points=4,
         ffn_dims=2 * embed_dims,
         dropout=0.0,
+        self_attn='decoupled',  # MapTRv2-style; ~25% cheaper than 'full' on CPU
         pc_range=point_cloud_range,
         max_per_img=50))

@@ -5,3 +5,5 @@ Importing this package registers every component into mmdet3d's registries.
 from .utils import register_safe_globals
 
 register_safe_globals()
+
+from . import datasets, engine, evaluation, hooks, models, transforms, visualization  # noqa: E402,F401,I001

@@ -153,27 +153,39 @@ def pretrained_refs(cfg: Any, where: str = 'model') -> list:
     return refs
 
 
-def resolve_pretrained(ref: str) -> tuple:
-    """``(ok, detail)``: a local folder with config.json, or a hub id in the offline cache."""
+def resolve_pretrained(ref: str, require_cached: bool = True) -> tuple:
+    """``(ok, detail)`` for a Hugging Face reference, without touching the network.
+
+    A local folder needs a ``config.json``; a hub id must be in the local HF cache when
+    ``require_cached`` (preflight) or when the HF libraries are set offline, else it may be
+    downloaded at build time.
+    """
     if osp.isdir(ref):
         ok = osp.isfile(osp.join(ref, 'config.json'))
         return ok, f'local folder {ref}' + ('' if ok else ' has no config.json')
-    if osp.exists(ref) or ref.startswith(('.', '/', '~')) or ref.count('/') != 1:
-        return False, f'{ref} is neither a model folder nor a hub id'
+    from huggingface_hub import try_to_load_from_cache
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    from ..models.llm.hf_utils import is_offline
+    if osp.exists(ref):
+        return False, f'{ref} is a file; expected a model folder (config.json) or a hub id'
     try:
-        from huggingface_hub import try_to_load_from_cache
-        cached = try_to_load_from_cache(ref, 'config.json')
-    except Exception as exc:  # invalid repo id and friends
-        return False, f'{ref}: {exc}'
-    if isinstance(cached, str):
+        validate_repo_id(ref)
+    except HFValidationError:
+        return False, f'{ref} does not exist (neither a model folder nor a hub id)'
+    if isinstance(try_to_load_from_cache(ref, 'config.json'), str):
         return True, f'hub id {ref} found in the local HF cache'
+    if not require_cached and not is_offline():
+        return True, f'hub id {ref} not cached: downloaded when the model is built'
     return False, (f'{ref} is not a local folder and not in the local HF cache '
-                   '(no internet: download it first, or point the config at a folder)')
+                   '(offline: download it first, or point the config at a folder)')
 
 
 def check_pretrained(cfg: Any) -> None:
-    """Raise if an LLM / BLIP-2 reference in ``cfg.model`` cannot be resolved offline."""
+    """Raise if an LLM / BLIP-2 reference in ``cfg.model`` cannot be used to build the model
+    (a missing folder, an invalid hub id, or an uncached hub id while offline)."""
     problems = [f'  {where}: {detail}' for where, ref in pretrained_refs(cfg.get('model', {}))
-                for ok, detail in [resolve_pretrained(ref)] if not ok]
+                for ok, detail in [resolve_pretrained(ref, require_cached=False)] if not ok]
     if problems:
         raise ConfigCheckError('pretrained weights not found:\n' + '\n'.join(problems))

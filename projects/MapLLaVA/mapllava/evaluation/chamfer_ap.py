@@ -7,8 +7,8 @@ module computes the same numbers (protocol in docs/evaluation.md) but
 1. bounds each pair's chamfer distance from below (bounding boxes, partial sums) and skips
    pairs that cannot reach the largest threshold: they can never be a true positive;
 2. computes the exact chamfer distance of the rest in a compiled loop (numba, already a
-   dependency of mmdet3d; numpy/torch batches were 5-10x slower on 2 cores) in float64 with
-   numpy's summation order;
+   dependency of mmdet3d: batched torch ``cdist`` + numpy bookkeeping measured several times
+   slower on 2 cores) in float64, summing in numpy's order;
 3. decides the 2 m buffer-intersection test for those pairs by a geometric sufficient
    condition read off the same distances, and asks shapely only for the pairs it cannot
    decide (rare: lines ending next to each other, very short lines).
@@ -83,9 +83,9 @@ class _Lines:
 
 
 def compute_chamfer_ap(gts: Sequence[Mapping[str, Any]], preds: Sequence[Mapping[str, Any]],
-               num_classes: int, thresholds: Sequence[float] = (0.5, 1.0, 1.5),
-               num_sample_pts: int = 100, buffer: float = 2.0,
-               sample_names: Sequence[str] | None = None) -> ChamferAPResult:
+                       num_classes: int, thresholds: Sequence[float] = (0.5, 1.0, 1.5),
+                       num_sample_pts: int = 100, buffer: float = 2.0,
+                       sample_names: Sequence[str] | None = None) -> ChamferAPResult:
     """Chamfer AP over a dataset; ``gts[i]`` and ``preds[i]`` describe the same sample.
 
     Args:
@@ -351,11 +351,11 @@ def _sum_box_distance(pts, box):  # pragma: no cover - compiled
     return total
 
 
-@numba.njit(cache=True, nogil=True, fastmath={'nnan', 'ninf', 'nsz'})
+@numba.njit(cache=True, nogil=True)
 def _nearest(a, b, sum_limit, row, col, row_ends, col_ends, d2):  # pragma: no cover
     """Nearest-point distances a->b (``row``) and b->a (``col``), ``*_ends``: each point's
     distance to the other line's first and last point. False as soon as ``sum(row)``
-    exceeds ``sum_limit``. (Inputs are finite; no contraction flags, so d2 is exact.)"""
+    exceeds ``sum_limit``. ``sqrt(dx*dx + dy*dy)`` as scipy's cdist computes it."""
     n = a.shape[1]
     col[:] = np.inf
     total = 0.0

@@ -12,6 +12,9 @@ def resample_polyline(points: np.ndarray, num_pts: int) -> np.ndarray:
 
     Matches shapely's ``LineString.interpolate(np.linspace(0, length, num_pts))`` which the
     MapTR protocol uses, but runs in plain numpy so it can be batched and used in workers.
+    Like GEOS, a fraction that rounds to >= 1 gives the segment's end vertex and the full
+    length gives the last vertex exactly, so a closed ring stays exactly closed (GEOS buffers
+    a line whose ends differ by one ulp with flat caps instead of a mitre join).
     A zero-length line yields ``num_pts`` copies of its first point.
 
     Args:
@@ -37,6 +40,8 @@ def resample_polyline(points: np.ndarray, num_pts: int) -> np.ndarray:
     seg_len = seg[idx]
     t = np.where(seg_len > 0, (targets - cum[idx]) / np.where(seg_len > 0, seg_len, 1), 0.0)
     res = p[idx] + t[:, None] * (p[idx + 1] - p[idx])
+    res = np.where(t[:, None] >= 1, p[idx + 1], res)
+    res[-1] = p[-1]
     return res.astype(out_dtype)
 
 
@@ -46,7 +51,8 @@ def resample_polylines(polylines: Sequence[np.ndarray] | np.ndarray, num_pts: in
 
     A compiled loop (numba, which mmdet3d already depends on) doing the same float64
     arithmetic in the same order, so every output equals
-    ``resample_polyline(line.astype(np.float64), num_pts)`` bit for bit.
+    ``resample_polyline(line.astype(np.float64), num_pts)`` (and shapely's interpolate) bit
+    for bit.
 
     Args:
         polylines: ``(M, N, D)`` array or a sequence of ``(Ni, D)`` arrays, ``Ni >= 1``.
@@ -116,13 +122,17 @@ def _resample_kernel(flat, starts, lengths, out):  # pragma: no cover - compiled
             for i in range(num_pts):
                 out[r, i] = flat[s]
             continue
-        step = total / (num_pts - 1)  # np.linspace: i * step, last point exactly total
+        step = total / (num_pts - 1)  # np.linspace: i * step (the last point is the end)
+        out[r, num_pts - 1] = flat[s + n - 1]
         j = 0  # searchsorted(cum, target, 'right') - 1, clipped to the last segment
-        for i in range(num_pts):
-            target = total if i == num_pts - 1 else i * step
+        for i in range(num_pts - 1):
+            target = i * step
             while j + 1 < n and cum[j + 1] <= target:
                 j += 1
             k = min(j, n - 2)
             t = (target - cum[k]) / seg[k] if seg[k] > 0 else 0.0
+            if t >= 1:
+                out[r, i] = flat[s + k + 1]
+                continue
             for d in range(dim):
                 out[r, i, d] = flat[s + k, d] + t * (flat[s + k + 1, d] - flat[s + k, d])

@@ -106,7 +106,10 @@ _WORKER_CFG: dict = {}
 
 
 def _init_worker(cfg: dict, maps: dict[str, VectorizedLocalMap]) -> None:
-    _WORKER_CFG.update(cfg)
+    if cfg != _WORKER_CFG:  # another root / ROI: the cached maps do not apply
+        _WORKER_MAPS.clear()
+        _WORKER_CFG.clear()
+        _WORKER_CFG.update(cfg)
     _WORKER_MAPS.update(maps)
 
 

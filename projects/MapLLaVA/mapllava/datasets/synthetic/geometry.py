@@ -123,8 +123,8 @@ def _advance(x, y, yaw, k, s):
 
 
 def _wrap(a):
-    return (np.asarray(a) + np.pi) % (2 * np.pi) - np.pi if np.ndim(a) else \
-        (a + math.pi) % (2 * math.pi) - math.pi
+    """Angle(s) wrapped to [-pi, pi)."""
+    return (a + math.pi) % (2 * math.pi) - math.pi
 
 
 def connect(a: tuple[float, float, float], b: tuple[float, float, float]) -> Path:

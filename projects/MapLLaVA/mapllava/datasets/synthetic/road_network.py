@@ -244,7 +244,8 @@ def _core(xy: np.ndarray, arms) -> Polygon:
 
 def _strip(path: Path, left: float, right: float, s_from: float = 0.0,
            s_to: float | None = None) -> Polygon:
-    """Polygon between two lateral offsets of ``path`` (counter-clockwise)."""
+    """Polygon between two lateral offsets of ``path`` (counter-clockwise); arc lengths
+    ``s_from``/``s_to`` are measured along each offset curve, i.e. exact on straight parts."""
     right_pts = path.offset(right).sample(POLYLINE_STEP, s_from, s_to)
     left_pts = path.offset(left).sample(POLYLINE_STEP, s_from, s_to)
     return Polygon(np.concatenate([right_pts, left_pts[::-1]]))
@@ -254,11 +255,6 @@ def _largest(geom) -> Polygon:
     if isinstance(geom, Polygon):
         return geom
     return max((g for g in geom.geoms if isinstance(g, Polygon)), key=lambda g: g.area)
-
-
-def _rect(path: Path, s_from: float, s_to: float, left: float, right: float) -> Polygon:
-    """Straight rectangle along ``path`` (used near the mouths, where roads are straight)."""
-    return _strip(path, left, right, s_from, s_to)
 
 
 # ----------------------------------------------------------------------------- roads
@@ -295,12 +291,12 @@ def _add_road(i, path, side, lanes, blocks, dividers, crossings, stops, lights, 
         # Crossing, stop line and traffic light at the end this direction drives into.
         end = drive.reversed()  # starts at the mouth this direction arrives at
         cross_id = f'{seg}_{d}_cross'
-        crossings.append(Crossing(cross_id, _rect(end, *CROSSING, HALF_WIDTH, -HALF_WIDTH), seg,
+        crossings.append(Crossing(cross_id, _strip(end, HALF_WIDTH, -HALF_WIDTH, *CROSSING), seg,
                                   end.start[2]))
         # On `end` (driving away from the mouth) the arriving lanes are on the other side.
         far = -sgn * HALF_WIDTH
-        stops.append(StopLine(f'{seg}_{d}_stop', _rect(end, *STOP_LINE, *sorted((0.0, far))[::-1]),
-                              cross_id, block_id))
+        bar = _strip(end, max(0.0, far), min(0.0, far), *STOP_LINE)
+        stops.append(StopLine(f'{seg}_{d}_stop', bar, cross_id, block_id))
         pole = end.poses([STOP_LINE[1]])[0]
         normal = np.array([-math.sin(pole[2]), math.cos(pole[2])])
         base = pole[:2] + normal * (far + math.copysign(1.5, far))

@@ -46,6 +46,8 @@ class MapTRHead(BaseModule):
         num_points: deformable sampling points per head.
         ffn_dims: hidden width of the FFN.
         dropout: dropout in the decoder.
+        self_attn: ``'full'`` self-attention over all point queries (MapTR) or
+            ``'decoupled'`` (MapTRv2: across instances, then within each instance; cheaper).
         pc_range: ROI ``(xmin, ymin, xmax, ymax)`` in metres; a 6-value
             ``(xmin, ymin, zmin, xmax, ymax, zmax)`` range (the BEV encoder's) is accepted too.
         num_aux_vec: extra learnable instance queries of the one-to-many group (MapTRv2);
@@ -70,6 +72,7 @@ class MapTRHead(BaseModule):
                  num_points: int = 4,
                  ffn_dims: int = 512,
                  dropout: float = 0.1,
+                 self_attn: str = 'full',
                  pc_range: Sequence[float] = (-15.0, -30.0, 15.0, 30.0),
                  num_aux_vec: int = 0,
                  aux_repeat_k: int = 6,
@@ -108,7 +111,8 @@ class MapTRHead(BaseModule):
         self.aux_queries = nn.Embedding(num_aux_vec, embed_dims) if num_aux_vec else None
         self.reference_points = nn.Linear(embed_dims, 2)
         self.layers = nn.ModuleList(
-            MapDecoderLayer(embed_dims, num_heads, num_points, ffn_dims, dropout)
+            MapDecoderLayer(embed_dims, num_heads, num_points, ffn_dims, dropout, num_pts,
+                            self_attn)
             for _ in range(num_layers))
         self.cls_branches = nn.ModuleList(
             MLP(embed_dims, embed_dims, num_classes, 2) for _ in range(num_layers))
@@ -154,14 +158,14 @@ class MapTRHead(BaseModule):
         query = (inst[:, :, None] + self.pts_embed.weight).flatten(1, 2)
         query_pos = (self.inst_pos.weight[:num_inst, None] + self.pts_pos.weight).flatten(0, 1)
         query_pos = query_pos.expand(batch, -1, -1)
-        attn_mask = self._group_mask(num_inst, bev.device) if with_aux else None
+        group_mask = self._group_mask(num_inst, bev.device) if with_aux else None
         ref = self.reference_points(query + query_pos).sigmoid()
 
         all_cls, all_pts = [], []
         for layer, cls_branch, reg_branch in zip(self.layers, self.cls_branches,
                                                  self.reg_branches):
             query = layer(query, query_pos, value, ref, spatial_shapes, level_start_index,
-                          attn_mask)
+                          group_mask)
             feats = query.view(batch, num_inst, self.num_pts, -1)
             all_cls.append(cls_branch(feats.mean(2)))
             new_ref = (inverse_sigmoid(ref) + reg_branch(query)).sigmoid()
@@ -180,10 +184,10 @@ class MapTRHead(BaseModule):
         return denormalize_pts(pts.float(), self.pc_range)
 
     def _group_mask(self, num_inst: int, device: torch.device) -> Tensor:
-        """Self-attention mask keeping the main and one-to-many groups apart (True = blocked),
-        so the main queries behave the same whether or not the auxiliary group is present."""
+        """``(V, V)`` instance mask keeping the main and one-to-many groups apart in
+        self-attention (True = blocked), so the main queries behave the same whether or not
+        the auxiliary group is present."""
         group = torch.arange(num_inst, device=device) >= self.num_vec
-        group = group.repeat_interleave(self.num_pts)
         return group[:, None] != group[None, :]
 
     # ------------------------------------------------------------------ training
