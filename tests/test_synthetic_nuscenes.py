@@ -112,6 +112,11 @@ def test_maps_load_with_devkit(dataroot, nusc):
     assert lane
     poses = np.array(nmap.discretize_lanes([lane], 0.5)[lane])
     assert np.min(np.hypot(poses[:, 0] - x, poses[:, 1] - y)) < 0.5   # ego drives on the lane
+    assert nmap.get_arcline_path(lane) and nmap.get_outgoing_lane_ids(lane)
+    connector = nmap.get_outgoing_lane_ids(lane)[0]
+    assert connector in {c['token'] for c in nmap.lane_connector}
+    start = np.array(nmap.discretize_lanes([connector], 0.5)[connector][0][:2])
+    assert np.linalg.norm(start - poses[-1, :2]) < 1e-3               # lanes chain up
     near = nmap.get_records_in_patch((x - 30, y - 30, x + 30, y + 30),
                                      ['lane_divider', 'road_divider', 'lane'])
     assert all(near.values())

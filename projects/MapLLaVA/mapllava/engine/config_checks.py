@@ -12,6 +12,10 @@ already exist in the config, component by component (list indices included), exc
   ...) plus ``runner_type`` and ``checkpoint_check``;
 * keys written with a leading ``+`` (``+model.head.new_arg=1``), the explicit way to add a
   key anywhere; the ``+`` is stripped before merging.
+
+Top-level names that only the config file itself reads (``data_root``, ``max_epochs``) are
+refused as well: mmengine has already copied their values where they are used, so changing
+them would silently do nothing; the error lists those places.
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ OPEN_CONFIG_PATHS = (
     'optim_wrapper.paramwise_cfg.custom_keys', 'default_hooks', 'auto_scale_lr',
     'train_cfg', 'val_cfg', 'test_cfg', 'log_processor', 'visualizer', 'checkpoint_check',
     'preflight')
-_EXTRA_TOP_LEVEL = ('runner_type', 'checkpoint_check', 'preflight')
+# read by the runner or our tools although not ``Runner.__init__`` arguments
+_EXTRA_TOP_LEVEL = ('runner_type', 'checkpoint_check', 'preflight', 'custom_imports',
+                    'model_wrapper_cfg', 'find_unused_parameters', 'sync_bn', 'compile')
 # keys naming Hugging Face checkpoints: anywhere in the model, or only inside dicts of a type
 PRETRAINED_KEYS = {'llm_path': None, 'tokenizer_path': None, 'pretrained': 'QFormerNeck'}
 
@@ -65,6 +71,28 @@ def _unknown_reason(cfg: Any, parts: list) -> str | None:
     return None
 
 
+def _paths_with_value(node: Any, value: Any, where: str = '') -> Iterator[str]:
+    if isinstance(node, dict):
+        for key, sub in node.items():
+            yield from _paths_with_value(sub, value, f'{where}.{key}' if where else str(key))
+    elif isinstance(node, (list, tuple)):
+        for i, sub in enumerate(node):
+            yield from _paths_with_value(sub, value, f'{where}.{i}')
+    if where.count('.') and node == value:
+        yield where
+
+
+def _variable_reason(tree: dict, top: str) -> str | None:
+    """A top-level name that only the config file reads (``data_root``, ``max_epochs``):
+    overriding it after parsing changes nothing, so say where its value ended up."""
+    if top not in tree or top in _top_level_names():
+        return None
+    used = list(_paths_with_value(tree, tree[top]))
+    where = f'; its value is used at {", ".join(used[:6])}' if used else ''
+    return (f'{top!r} is a variable of the config file: overriding it changes nothing once '
+            f'the file is read{where}. Override those keys instead')
+
+
 def validate_cfg_options(cfg: Any, options: dict | None) -> dict:
     """Check ``--cfg-options`` against ``cfg``; return them with ``+`` markers stripped."""
     if not options:
@@ -75,13 +103,14 @@ def validate_cfg_options(cfg: Any, options: dict | None) -> dict:
         if key.startswith('+'):
             checked[key[1:]] = value
             continue
-        reason = _unknown_reason(tree, key.split('.'))
+        reason = _variable_reason(tree, key.split('.')[0]) or _unknown_reason(
+            tree, key.split('.'))
         if reason:
             errors.append(f'  {key}: {reason}')
         checked[key] = value
     if errors:
         raise ConfigCheckError(
-            'unknown key(s) in --cfg-options:\n' + '\n'.join(errors)
+            'bad key(s) in --cfg-options:\n' + '\n'.join(errors)
             + '\n  (prefix a key with + to add a key the config does not have)')
     return checked
 
