@@ -32,7 +32,7 @@ VERSION = 'v1.0-mini'
 
 
 def _config(out) -> GeneratorConfig:
-    return GeneratorConfig(out=str(out), version=VERSION, seed=3, scenes=3, samples_per_scene=2,
+    return GeneratorConfig(out=str(out), version=VERSION, seed=3, scenes=2, samples_per_scene=2,
                            image_scale=0.2, sweeps=1, workers=1)
 
 
@@ -49,7 +49,7 @@ def nusc(dataroot) -> NuScenes:
 def test_devkit_loads_all_tables(dataroot, nusc):
     assert sorted(os.listdir(os.path.join(dataroot, VERSION))) == \
         sorted(f'{t}.json' for t in TABLE_NAMES)
-    assert len(nusc.scene) == 3 and len(nusc.sample) == 6
+    assert len(nusc.scene) == 2 and len(nusc.sample) == 4
     assert {m['filename'].split('/')[0] for m in nusc.map} == {'maps'}
     assert {log['location'] for log in nusc.log} <= set(LOCATIONS)
     for scene in nusc.scene:
@@ -72,7 +72,7 @@ def test_devkit_loads_all_tables(dataroot, nusc):
 def test_splits_select_generated_scenes(nusc):
     splits = create_splits_scenes()
     names = [s['name'] for s in nusc.scene]
-    assert sum(n in splits['mini_train'] for n in names) == 2
+    assert sum(n in splits['mini_train'] for n in names) == 1
     assert sum(n in splits['mini_val'] for n in names) == 1
 
 
@@ -274,4 +274,4 @@ def test_bad_version_and_sizes_are_rejected(tmp_path):
 def test_marker_records_arguments(dataroot):
     with open(os.path.join(dataroot, MARKER)) as f:
         marker = json.load(f)
-    assert marker['version'] == VERSION and marker['scenes'] == 3 and marker['seed'] == 3
+    assert marker['version'] == VERSION and marker['scenes'] == 2 and marker['seed'] == 3

@@ -54,7 +54,8 @@ def toy(tmp_path_factory):
 
 def test_validate_cfg_options():
     cfg = Config(dict(model=dict(head=dict(num_queries=50), layers=[dict(a=1)]),
-                      optim_wrapper=dict(optimizer=dict(lr=1.)), train_cfg=dict(max_epochs=2)))
+                      optim_wrapper=dict(optimizer=dict(lr=1.)), train_cfg=dict(max_epochs=2),
+                      data_root='d/', train_dataloader=dict(dataset=dict(data_root='d/'))))
     ok = {'model.head.num_queries': 10, 'model.layers.0.a': 2, 'optim_wrapper.clip_grad': None,
           'train_cfg.val_begin': 2, 'load_from': 'x.pth', 'work_dir': 'w',
           '+model.head.new_arg': 1}
@@ -63,7 +64,8 @@ def test_validate_cfg_options():
                       ('model.haed.num_queries', 'did you mean head'),
                       ('model.layers.3.a', 'list of 1 items'),
                       ('model.head.num_queries.x', 'is a int'),
-                      ('max_epoch', '<top level> has no key')]:
+                      ('max_epoch', '<top level> has no key'),
+                      ('data_root', 'appears at train_dataloader.dataset.data_root')]:
         with pytest.raises(ConfigCheckError, match=hint) as err:
             validate_cfg_options(cfg, {bad: 1})
         assert bad in str(err.value)

@@ -72,7 +72,7 @@ def main(argv=None) -> None:
         if not osp.isfile(args.resume):
             raise ConfigCheckError(f'--resume checkpoint not found: {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
-    if cfg.get('load_from') and not osp.isfile(cfg.load_from):
+    if cfg.get('load_from') and '://' not in cfg.load_from and not osp.isfile(cfg.load_from):
         raise ConfigCheckError(f'load_from checkpoint not found: {cfg.load_from}')
     splits = ('train', 'val') if cfg.get('val_cfg') else ('train',)
     check_ann_files(cfg, splits)

@@ -38,23 +38,23 @@ def _polyline(rng: np.random.Generator, start: np.ndarray, end: np.ndarray, n: i
 
 
 def make_gt(rng: np.random.Generator) -> tuple[list[np.ndarray], np.ndarray]:
-    """~20 GT lines: dividers, boundaries, pedestrian crossings (closed rings)."""
+    """~19 GT lines: dividers, boundaries, pedestrian crossings (closed rings)."""
     vecs, labels = [], []
-    for _ in range(rng.integers(5, 11)):  # dividers along the driving direction
+    for _ in range(rng.integers(6, 13)):  # dividers along the driving direction
         x = rng.uniform(-14, 14)
         y0, y1 = sorted(rng.uniform(-30, 30, 2))
         y1 = max(y1, y0 + 3)
         vecs.append(_polyline(rng, np.array([x, y0]), np.array([x + rng.normal(0, 1.5), y1]),
                               int(rng.integers(2, 30)), rng.normal(0, 1.0)))
         labels.append(0)
-    for _ in range(rng.integers(0, 5)):  # crossings: rotated rectangles, closed
+    for _ in range(rng.integers(0, 6)):  # crossings: rotated rectangles, closed
         c = rng.uniform(-ROI + 3, ROI - 3)
         w, h, a = rng.uniform(2.5, 5), rng.uniform(6, 14), rng.uniform(0, np.pi)
         corners = np.array([[-w, -h], [w, -h], [w, h], [-w, h], [-w, -h]]) / 2
         rot = np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         vecs.append(c + corners @ rot.T)
         labels.append(1)
-    for _ in range(rng.integers(4, 9)):  # boundaries: long, curvy, many vertices
+    for _ in range(rng.integers(5, 11)):  # boundaries: long, curvy, many vertices
         start = rng.uniform(-ROI, ROI)
         end = rng.uniform(-ROI, ROI)
         vecs.append(_polyline(rng, start, end, int(rng.integers(5, 60)), rng.normal(0, 4)))

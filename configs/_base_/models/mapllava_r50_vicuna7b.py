@@ -3,9 +3,8 @@
 # Pretrained weights: torchvision ResNet-50, the Q-Former of Salesforce/blip2-opt-2.7b and
 # lmsys/vicuna-7b-v1.5 (hub ids or local folders; set HF_HUB_OFFLINE=1 with a filled cache
 # on machines without internet).
-custom_imports = dict(imports=['projects.MapLLaVA.mapllava'], allow_failed_imports=False)
 
-class_names = ['divider', 'ped_crossing', 'boundary']
+num_classes = 3  # divider, ped_crossing, boundary (class_names: dataset base)
 point_cloud_range = [-15.0, -30.0, -10.0, 15.0, 30.0, 10.0]
 bev_size = (200, 100)  # (bev_h along y, bev_w along x)
 bev_channels = 80
@@ -50,7 +49,7 @@ model = dict(
         dtype='bf16'),
     map_head=dict(
         type='MapTRHead',
-        num_classes=len(class_names),
+        num_classes=num_classes,
         in_channels=bev_channels,
         embed_dims=embed_dims,
         num_vec=50,

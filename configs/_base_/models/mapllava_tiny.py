@@ -1,9 +1,8 @@
 # MapLLaVA, CPU-sized: a narrow ResNet-18 camera branch, 50x25 BEV (1.2 m cells), a 2-layer
 # Q-Former, a random 2-layer Llama (width 128, frozen) and a 2-layer map decoder.
 # Everything trains from scratch; meant for the synthetic demo and the tests.
-custom_imports = dict(imports=['projects.MapLLaVA.mapllava'], allow_failed_imports=False)
 
-class_names = ['divider', 'ped_crossing', 'boundary']
+num_classes = 3  # divider, ped_crossing, boundary (class_names: dataset base)
 # BEV grid: x (right) in [-15, 15], y (forward) in [-30, 30]; z only bounds the frustum.
 point_cloud_range = [-15.0, -30.0, -10.0, 15.0, 30.0, 10.0]
 bev_size = (50, 25)  # (bev_h along y, bev_w along x)
@@ -12,7 +11,7 @@ qformer_width = 128
 llm_width = 128
 embed_dims = 128
 num_vec = 50
-num_pts = 20
+num_pts_per_vec = 20
 
 model = dict(
     type='MapLLaVA',
@@ -55,11 +54,11 @@ model = dict(
         dtype='fp32'),
     map_head=dict(
         type='MapTRHead',
-        num_classes=len(class_names),
+        num_classes=num_classes,
         in_channels=bev_channels,
         embed_dims=embed_dims,
         num_vec=num_vec,
-        num_pts=num_pts,
+        num_pts=num_pts_per_vec,
         num_layers=2,
         num_heads=4,
         num_points=4,

@@ -8,8 +8,8 @@ already exist in the config, component by component (list indices included), exc
 
 * keys under :data:`OPEN_CONFIG_PATHS`, runtime dicts whose omitted entries mean "use the
   default" (``env_cfg``, ``randomness``, ``optim_wrapper`` ...) and may gain new keys;
-* top-level names that ``Runner`` accepts (``work_dir``, ``load_from``, ``model_wrapper_cfg``
-  ...) plus ``runner_type`` and ``checkpoint_check``;
+* top-level names that ``Runner`` or our tools read (``work_dir``, ``load_from``,
+  ``model_wrapper_cfg``, ``runner_type``, ``checkpoint_check`` ...);
 * keys written with a leading ``+`` (``+model.head.new_arg=1``), the explicit way to add a
   key anywhere; the ``+`` is stripped before merging.
 
@@ -24,6 +24,9 @@ import inspect
 import os.path as osp
 from typing import Any, Iterator
 
+from huggingface_hub import try_to_load_from_cache
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
 from mmengine.config import Config
 from mmengine.runner import Runner
 
@@ -88,7 +91,7 @@ def _variable_reason(tree: dict, top: str) -> str | None:
     if top not in tree or top in _top_level_names():
         return None
     used = list(_paths_with_value(tree, tree[top]))
-    where = f'; its value is used at {", ".join(used[:6])}' if used else ''
+    where = f'; the same value appears at {", ".join(used[:6])}' if used else ''
     return (f'{top!r} is a variable of the config file: overriding it changes nothing once '
             f'the file is read{where}. Override those keys instead')
 
@@ -192,11 +195,7 @@ def resolve_pretrained(ref: str, require_cached: bool = True) -> tuple:
     if osp.isdir(ref):
         ok = osp.isfile(osp.join(ref, 'config.json'))
         return ok, f'local folder {ref}' + ('' if ok else ' has no config.json')
-    from huggingface_hub import try_to_load_from_cache
-    from huggingface_hub.errors import HFValidationError
-    from huggingface_hub.utils import validate_repo_id
-
-    from ..models.llm.hf_utils import is_offline
+    from ..models.llm.hf_utils import is_offline  # lazy: imports every model module
     if osp.exists(ref):
         return False, f'{ref} is a file; expected a model folder (config.json) or a hub id'
     try:

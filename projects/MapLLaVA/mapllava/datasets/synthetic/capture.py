@@ -64,15 +64,16 @@ def markings(location: str, seed: int) -> tuple:
     return tuple(marking_polygons(network(location, seed)))
 
 
-def scene_world(spec: SceneSpec, seed: int) -> SceneWorld:
-    """Rasters around the ego path, actors and lighting of a scene."""
+def scene_world(spec: SceneSpec, seed: int, fine_res: float = FINE_RES) -> SceneWorld:
+    """Rasters around the ego path, actors and lighting of a scene (``fine_res``: metres per
+    pixel of the ground raster near the ego; large images want a finer one)."""
     net = network(spec.record.location, seed)
     xy = np.array([r.ego_pose[:2] for r in spec.record.readings])
     lo, hi = xy.min(0), xy.max(0)
     paint = list(markings(spec.record.location, seed))
     coarse = rasterize(net, (*(lo - COARSE_MARGIN), *(hi + COARSE_MARGIN)), COARSE_RES,
                        markings=paint)
-    fine = rasterize(net, (*(lo - FINE_MARGIN), *(hi + FINE_MARGIN)), FINE_RES, coarse, paint)
+    fine = rasterize(net, (*(lo - FINE_MARGIN), *(hi + FINE_MARGIN)), fine_res, coarse, paint)
     actors = list(spec.plan.actors) + list(buildings(spec.record.location, seed))
     kinds = np.array([3 if a.category is None else _KIND[a.category.split('.')[0]]
                       for a in actors])

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm import tqdm
 
-from .capture import SceneWorld, capture_sample, network, scene_world
+from .capture import FINE_RES, SceneWorld, capture_sample, network, scene_world
 from .map_expansion import write_map
 from .road_network import LOCATIONS
 from .scenes import MAX_SWEEPS, SceneSpec, plan_scenes, scene_names
@@ -210,7 +210,9 @@ class _Job:
 
     @functools.lru_cache(maxsize=1)
     def world(self, scene: int) -> SceneWorld:
-        return scene_world(self.specs[scene], self.seed)
+        # Full-size images resolve the 5 cm ground raster near the car: halve it for them.
+        fine_res = FINE_RES if self.rig[0].width <= 800 else FINE_RES / 2
+        return scene_world(self.specs[scene], self.seed, fine_res)
 
     def __call__(self, task: tuple[int, int]) -> dict[int, int]:
         scene, k = task

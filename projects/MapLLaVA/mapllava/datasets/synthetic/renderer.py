@@ -29,6 +29,7 @@ for _label, (_rgb, _amp) in _PALETTE.items():
 _INTENSITY = {TERRAIN: 14.0, ROAD: 7.0, SIDEWALK: 20.0, KERB: 26.0, WHITE: 75.0, YELLOW: 60.0,
               KERB_FACE: 22.0}
 MAX_CAMERA_RANGE = 400.0
+TEXEL = 0.05                # m, cell size of the ground texture noise
 MAX_LIDAR_RANGE = 80.0
 LIDAR_BEAMS = np.radians(np.linspace(-30.67, 10.67, 32))
 
@@ -125,13 +126,13 @@ def _camera_windows(boxes: Boxes, cam2global: np.ndarray, k: np.ndarray, w: int,
 
 def _shade(world: World, origin: np.ndarray, dirs: np.ndarray, hits: Hits) -> np.ndarray:
     """RGB (float32) per ray (``dirs`` and ``hits`` flattened)."""
-    st, raster = world.style, world.raster
+    st = world.style
     finite = np.isfinite(hits.t)
     t = np.where(finite, hits.t, 0.0).astype(np.float32)
     px = origin[0] + t * dirs[:, 0]
     py = origin[1] + t * dirs[:, 1]
-    col = np.floor((px - raster.x0) / raster.res).astype(np.int64)
-    row = np.floor((py - raster.y0) / raster.res).astype(np.int64)
+    col = np.floor(px / TEXEL).astype(np.int64)
+    row = np.floor(py / TEXEL).astype(np.int64)
     tex = st.fine[row % 251, col % 251] + 0.8 * st.coarse[(row // 8) % 241, (col // 8) % 241]
     lab = hits.label
     light = np.where(lab == KERB_FACE, 0.55 + 0.3 * st.sun[2], 0.75 + 0.25 * st.sun[2])
