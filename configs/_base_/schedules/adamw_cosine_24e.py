@@ -3,7 +3,7 @@
 # optim_wrapper.paramwise_cfg.custom_keys (lr_mult) in the model configs. Gradients are
 # clipped at max_norm 35. auto_scale_lr: base 32 = 8 GPUs x 4 samples (tools/train.py
 # --auto-scale-lr). Variants inherit this file and change max_epochs, train_cfg and the
-# cosine phase together (see adamw_cosine_12e.py): a plain `max_epochs = 12` in a child
+# cosine phase together (see the 12e trainval config): a plain `max_epochs = 12` in a child
 # would not reach values already computed here.
 max_epochs = 24
 base_lr = 1e-4

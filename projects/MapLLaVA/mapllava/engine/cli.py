@@ -12,6 +12,7 @@ from typing import Callable, Optional
 import torch
 from mmdet3d.registry import RUNNERS
 from mmengine.config import Config
+from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
 from .config_checks import ConfigCheckError, validate_cfg_options
@@ -55,8 +56,13 @@ def setup_cpu_distributed(cfg: Config) -> None:
 
 
 def build_runner(cfg: Config) -> Runner:
-    """``RUNNERS.build`` with ``MapRunner`` as the default ``runner_type``."""
+    """``RUNNERS.build`` with ``MapRunner`` as the default ``runner_type``.
+
+    The config's ``default_scope`` is made current first: a scope left over from an earlier
+    runner in the same process (another default scope) would otherwise hide ``MapRunner``.
+    """
     cfg.setdefault('runner_type', 'MapRunner')
+    init_default_scope(cfg.get('default_scope', 'mmdet3d'))
     return RUNNERS.build(cfg)
 
 

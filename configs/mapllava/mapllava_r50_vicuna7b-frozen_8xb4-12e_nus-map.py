@@ -1,5 +1,6 @@
-# adamw_cosine_24e.py shortened to 12 epochs (the trainval recipe).
-_base_ = ['./adamw_cosine_24e.py']
+# Stage 2 on nuScenes v1.0-trainval: the mini recipe with a 12-epoch schedule (the warm-up,
+# cosine phase and loop length change together).
+_base_ = ['./mapllava_r50_vicuna7b-frozen_8xb4-24e_nus-map-mini.py']
 
 max_epochs = 12
 train_cfg = dict(max_epochs=max_epochs)
