@@ -18,8 +18,12 @@ $(DATA)/$(VERSION)/sample.json: | setup
 data: setup $(DATA)/$(VERSION)/sample.json
 	$(PY) tools/create_data.py nuscenes --root-path $(DATA) --version $(VERSION) --out-dir $(DATA)
 
+# train the tiny config on CPU (validation each epoch keeps best_model.pth), then test it:
+# the mAP table is printed, BEV + camera pictures go to $(WORK_DIR)/vis
 demo: data
-	@echo "demo: synthetic $(VERSION) generated and converted under $(DATA)"
+	$(PY) tools/train.py $(DEMO_CONFIG) --work-dir $(WORK_DIR)
+	$(PY) tools/test.py $(DEMO_CONFIG) $(WORK_DIR)/best_model.pth --work-dir $(WORK_DIR)/test \
+		--out $(WORK_DIR)/test/preds.pkl --show-dir $(WORK_DIR)/vis
 
 lint: setup
 	.venv/bin/ruff check projects tools tests configs

@@ -45,6 +45,18 @@ def test_every_config_is_listed():
     assert [n for n in names if n not in readme] == []
 
 
+@pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
+def test_evaluator_reads_the_val_infos(path):
+    """The dataset joins ``ann_file`` to ``data_root``; the metric reads the same file."""
+    cfg = Config.fromfile(path)
+    val = cfg.val_dataloader.dataset
+    infos = osp.normpath(osp.join(val.data_root, val.ann_file))
+    assert infos == osp.normpath(cfg.val_evaluator.ann_file)
+    train = cfg.train_dataloader.dataset
+    assert osp.dirname(osp.normpath(osp.join(train.data_root, train.ann_file))) == \
+        osp.dirname(infos)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
 def test_config_builds_and_trains_one_step(path):

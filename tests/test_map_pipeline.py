@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -164,23 +162,7 @@ def test_bad_input_errors(tmp_path):
 
 
 # ----------------------------------------------------------------- end to end (synthetic)
-GENERATOR = os.path.join(REPO, 'tools', 'create_synthetic_nuscenes.py')
-
-
-@pytest.fixture(scope='module')
-def synthetic_root(tmp_path_factory):
-    if not os.path.isfile(GENERATOR):
-        pytest.skip('tools/create_synthetic_nuscenes.py not available yet')
-    root = str(tmp_path_factory.mktemp('synthetic_nus'))
-    subprocess.run([sys.executable, GENERATOR, '--out', root, '--scenes', '10',
-                    '--samples-per-scene', '2', '--image-scale', '0.1', '--workers', '2'],
-                   check=True, cwd=REPO, capture_output=True)
-    subprocess.run([sys.executable, os.path.join(REPO, 'tools', 'create_data.py'), 'nuscenes',
-                    '--root-path', root, '--version', 'v1.0-mini', '--workers', '2'],
-                   check=True, cwd=REPO, capture_output=True)
-    return root
-
-
+# `synthetic_root`: tests/conftest.py
 PIPELINE = [
     dict(type='LoadMultiViewImages'),
     dict(type='LoadMapAnnotations'),

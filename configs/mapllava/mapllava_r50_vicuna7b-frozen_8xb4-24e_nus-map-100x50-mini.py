@@ -8,10 +8,10 @@ metainfo = dict(roi_size=roi_size)
 model = dict(
     bev_encoder=dict(pc_range=pc_range, bev_size=(334, 167)),
     map_head=dict(pc_range=pc_range))
-_ann = dict(train='data/nuscenes/nuscenes_map_100x50_infos_train.pkl',
-            val='data/nuscenes/nuscenes_map_100x50_infos_val.pkl')
+_ann = dict(train='nuscenes_map_100x50_infos_train.pkl',  # relative to data_root
+            val='nuscenes_map_100x50_infos_val.pkl')
 train_dataloader = dict(dataset=dict(metainfo=metainfo, ann_file=_ann['train']))
 val_dataloader = dict(dataset=dict(metainfo=metainfo, ann_file=_ann['val']))
 test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=_ann['val'])
+val_evaluator = dict(ann_file='data/nuscenes/' + _ann['val'])
 test_evaluator = val_evaluator
