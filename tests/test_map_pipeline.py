@@ -17,6 +17,7 @@ from projects.MapLLaVA.mapllava.transforms import (
     LoadMapAnnotations,
     MapPermutationTargets,
     MapRangeFilter,
+    MultiViewRandomAffine,
     MultiViewResize,
     PackMapInputs,
     permutation_orders,
@@ -108,6 +109,33 @@ def test_resize_updates_img_aug_matrix():
     assert np.allclose(out['img_aug_matrix'][1], np.diag([0.5, 0.5, 1, 1]))
     out = MultiViewResize(scale=(40, 30)).transform(out)
     assert np.allclose(out['img_aug_matrix'][0], np.diag([0.25, 30 / 90, 1, 1]))
+
+
+@pytest.mark.parametrize('seed', range(6))
+def test_random_affine_moves_pixels_as_its_matrix_says(seed):
+    """A bright dot at original pixel (u, v) shows up at img_aug_matrix @ (u, v)."""
+    np.random.seed(seed)
+    dots = [(40.0, 60.0), (120.0, 30.0)]
+    imgs = []
+    for u, v in dots:
+        img = np.zeros((90, 160, 3), np.uint8)
+        img[int(v) - 1:int(v) + 2, int(u) - 1:int(u) + 2] = 255
+        imgs.append(img)
+    prev = np.repeat(np.diag([2.0, 2.0, 1.0, 1.0])[None], 2, axis=0)  # an earlier resize
+    aug = MultiViewRandomAffine(scale=(128, 64), scale_range=(0.8, 1.2), rot_deg=10,
+                                flip_prob=0.5)
+    out = aug.transform(dict(img=imgs, img_aug_matrix=prev))
+    assert out['img_shape'] == [(64, 128)] * 2 and out['img'][0].shape == (64, 128, 3)
+    for (u, v), img, mat in zip(dots, out['img'], out['img_aug_matrix']):
+        step = mat @ np.linalg.inv(prev[0])  # this transform's own part
+        exp_u, exp_v = (step @ np.array([u, v, 1.0, 1.0]))[:2]
+        if not (3 <= exp_u < 125 and 3 <= exp_v < 61):
+            continue  # cropped away (or cut by the border)
+        gray = img[..., 0].astype(float)
+        rows, cols = np.nonzero(gray > 0.5 * gray.max())
+        assert abs(cols.mean() - exp_u) < 1.0 and abs(rows.mean() - exp_v) < 1.0
+    with pytest.raises(ValueError, match='scale'):
+        MultiViewRandomAffine(scale=(0, 10))
 
 
 def _fake_info(tmp_path, labels, classes):

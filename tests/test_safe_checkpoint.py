@@ -79,3 +79,20 @@ def _getattr_payload() -> bytes:
     buf = io.BytesIO()
     torch.save({'x': _Evil()}, buf)
     return buf.getvalue()
+
+
+def test_rng_state_survives_a_weights_only_checkpoint(tmp_path):
+    import random
+
+    import numpy as np
+
+    from projects.MapLLaVA.mapllava.engine.rng_state import get_rng_state, set_rng_state
+    np.random.normal()  # a cached gaussian in numpy's state
+    path = tmp_path / 'rng.pth'
+    torch.save(dict(meta=dict(rng_state=get_rng_state())), path)
+    draws = (random.random(), np.random.normal(3), torch.rand(3))
+    set_rng_state(torch.load(path, weights_only=True)['meta']['rng_state'])
+    again = (random.random(), np.random.normal(3), torch.rand(3))
+    assert draws[0] == again[0]
+    np.testing.assert_array_equal(draws[1], again[1])
+    assert torch.equal(draws[2], again[2])

@@ -12,6 +12,9 @@ Three differences from ``mmengine.runner.Runner``, all at its own extension poin
   allow_unexpected=[...])`` in the config lists fnmatch patterns to accept, e.g. new LoRA
   weights when a stage-3 config loads a stage-2 checkpoint.
 * ``dump_config`` also writes the resolved config to ``<work_dir>/config.py``.
+* checkpoints carry the random generators' state (``meta['rng_state']``) and ``resume``
+  restores it, so a resumed run draws the same dropout masks and augmentations as an
+  uninterrupted one.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from mmengine.dist import master_only
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.model import is_model_wrapper
 from mmengine.runner import Runner
+
+from .rng_state import get_rng_state, set_rng_state
 
 _DEFAULT_REVISE_KEYS = [(r'^module\.', '')]
 _MAX_LISTED = 20
@@ -108,6 +113,7 @@ class MapRunner(Runner):
                         save_param_scheduler: bool = True, meta: Optional[dict] = None,
                         by_epoch: bool = True, backend_args: Optional[dict] = None) -> None:
         """Save like mmengine, but to ``<filename>.tmp`` first, then rename into place."""
+        meta = dict(meta or {}, rng_state=get_rng_state())
         kwargs = dict(file_client_args=file_client_args, save_optimizer=save_optimizer,
                       save_param_scheduler=save_param_scheduler, meta=meta,
                       by_epoch=by_epoch, backend_args=backend_args)
@@ -137,7 +143,16 @@ class MapRunner(Runner):
         check_state_dict(model.state_dict(), state, source=f'checkpoint {filename}',
                          allow_missing=allow.get('allow_missing', ()),
                          allow_unexpected=allow.get('allow_unexpected', ()))
+        self._loaded_meta = checkpoint.get('meta', {})
         return checkpoint
+
+    def resume(self, filename: str, resume_optimizer: bool = True,
+               resume_param_scheduler: bool = True, map_location: str = 'default') -> None:
+        """Resume as mmengine does, then put the random generators where they were."""
+        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        rng_state = getattr(self, '_loaded_meta', {}).get('rng_state')
+        if rng_state is not None:
+            set_rng_state(rng_state)
 
     @master_only
     def dump_config(self) -> None:

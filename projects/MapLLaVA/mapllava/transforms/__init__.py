@@ -2,9 +2,10 @@
 from .formatting import PackMapInputs
 from .loading import LoadMapAnnotations, LoadMultiViewImages
 from .map_targets import MapPermutationTargets, MapRangeFilter, permutation_orders
-from .multiview import MultiViewPhotoMetricDistortion, MultiViewResize
+from .multiview import MultiViewPhotoMetricDistortion, MultiViewRandomAffine, MultiViewResize
 
 __all__ = [
     'LoadMapAnnotations', 'LoadMultiViewImages', 'MapPermutationTargets', 'MapRangeFilter',
-    'MultiViewPhotoMetricDistortion', 'MultiViewResize', 'PackMapInputs', 'permutation_orders'
+    'MultiViewPhotoMetricDistortion', 'MultiViewRandomAffine', 'MultiViewResize', 'PackMapInputs',
+    'permutation_orders'
 ]
