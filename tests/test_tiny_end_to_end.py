@@ -3,13 +3,12 @@ train with validation, test with ``--out`` / ``--show-dir``, exact resume, 2-pro
 import os
 import os.path as osp
 import pickle
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from test_training_tools import _tool
+from test_training_tools import _free_port, _tool
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO_ROOT, 'configs', 'mapllava', 'mapllava_tiny_1xb4-demo_synthetic-nus-map.py')
@@ -98,12 +97,6 @@ def test_resume_equals_uninterrupted(synthetic_root, tmp_path):
     for key, value in ref['state_dict'].items():
         torch.testing.assert_close(got['state_dict'][key], value, rtol=1e-5, atol=1e-6,
                                    msg=lambda m, k=key: f'{k}: {m}')
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def test_dist_train_two_cpu_ranks_end_identical(synthetic_root, tmp_path):

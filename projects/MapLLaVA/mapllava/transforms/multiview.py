@@ -17,6 +17,15 @@ from mmdet.datasets.transforms import PhotoMetricDistortion
 from mmdet3d.registry import TRANSFORMS
 
 
+def set_views(results: dict, imgs: list, mats: list) -> dict:
+    """Store augmented views and compose their pixel maps into ``img_aug_matrix``."""
+    prev = results.get('img_aug_matrix', np.repeat(np.eye(4)[None], len(imgs), axis=0))
+    results['img_aug_matrix'] = np.stack(mats) @ np.asarray(prev)
+    results['img'] = imgs
+    results['img_shape'] = [img.shape[:2] for img in imgs]
+    return results
+
+
 @TRANSFORMS.register_module()
 class MultiViewResize(BaseTransform):
     """Resize every view to ``scale`` = (w, h), or by ``scale_factor``.
@@ -40,12 +49,7 @@ class MultiViewResize(BaseTransform):
                                           int(h * self.scale_factor + 0.5))
             imgs.append(mmcv.imresize(img, (new_w, new_h), interpolation=self.interpolation))
             mats.append(np.diag([new_w / w, new_h / h, 1.0, 1.0]))
-        n = len(imgs)
-        prev = results.get('img_aug_matrix', np.repeat(np.eye(4)[None], n, axis=0))
-        results['img_aug_matrix'] = np.stack(mats) @ np.asarray(prev)
-        results['img'] = imgs
-        results['img_shape'] = [img.shape[:2] for img in imgs]
-        return results
+        return set_views(results, imgs, mats)
 
 
 @TRANSFORMS.register_module()
@@ -120,9 +124,4 @@ class MultiViewRandomAffine(BaseTransform):
             aug = np.eye(4)
             aug[:2, :2], aug[:2, 3] = mat[:2, :2], mat[:2, 2]
             mats.append(aug)
-        n = len(imgs)
-        prev = results.get('img_aug_matrix', np.repeat(np.eye(4)[None], n, axis=0))
-        results['img_aug_matrix'] = np.stack(mats) @ np.asarray(prev)
-        results['img'] = imgs
-        results['img_shape'] = [img.shape[:2] for img in imgs]
-        return results
+        return set_views(results, imgs, mats)
