@@ -1,8 +1,13 @@
 # MapLLaVA quick start: `make demo` (set up, then run the main job on synthetic data) and
 # `make test` (set up, lint, run the test suite). Both build .venv on first use.
+# The demo's synthetic set has the v1.0-trainval layout with 40 short scenes (32 train /
+# 8 val, 5 keyframes each): as many samples as the 10-scene mini, four times the road
+# layouts. `make data VERSION=v1.0-mini SCENES=10 SAMPLES_PER_SCENE=20` writes a mini.
 PY := .venv/bin/python
 DATA ?= data/nuscenes
-VERSION ?= v1.0-mini
+VERSION ?= v1.0-trainval
+SCENES ?= 40
+SAMPLES_PER_SCENE ?= 5
 SEED ?= 0
 DEMO_CONFIG ?= configs/mapllava/mapllava_tiny_1xb4-demo_synthetic-nus-map.py
 WORK_DIR ?= work_dirs/demo
@@ -13,7 +18,8 @@ setup:
 	bash tools/setup_env.sh
 
 $(DATA)/$(VERSION)/sample.json: | setup
-	$(PY) tools/create_synthetic_nuscenes.py --out $(DATA) --version $(VERSION) --seed $(SEED)
+	$(PY) tools/create_synthetic_nuscenes.py --out $(DATA) --version $(VERSION) --seed $(SEED) \
+		--scenes $(SCENES) --samples-per-scene $(SAMPLES_PER_SCENE)
 
 data: setup $(DATA)/$(VERSION)/sample.json
 	$(PY) tools/create_data.py nuscenes --root-path $(DATA) --version $(VERSION) --out-dir $(DATA)

@@ -1,7 +1,8 @@
-# `make demo`: the tiny MapLLaVA trained and evaluated on the synthetic nuScenes mini
-# (tools/create_synthetic_nuscenes.py, then tools/create_data.py) on CPU. Images stay at
-# the generator's 400x225; validation after every epoch keeps best_model.pth by the
-# chamfer mAP.
+# `make demo`: the tiny MapLLaVA trained and evaluated on CPU on the synthetic nuScenes that
+# `make data` writes (tools/create_synthetic_nuscenes.py, then tools/create_data.py; 160
+# train / 40 val samples). Images stay at the generator's 400x225; validation after every
+# epoch keeps best_model.pth by the chamfer mAP. 6 epochs fit the demo's 20-minute budget on
+# a 2-core machine (docs/benchmarks.md).
 _base_ = [
     '../_base_/default_runtime.py', '../_base_/models/mapllava_tiny.py',
     '../_base_/datasets/nus-map.py', '../_base_/schedules/adamw_cosine_24e.py'
