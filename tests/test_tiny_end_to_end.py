@@ -3,12 +3,10 @@ train with validation, test with ``--out`` / ``--show-dir``, exact resume, 2-pro
 import os
 import os.path as osp
 import pickle
-import subprocess
-import sys
 
 import pytest
 import torch
-from test_training_tools import _free_port, _tool
+from test_training_tools import _tool, dist_train_two_ranks
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DEMO = osp.join(REPO_ROOT, 'configs', 'mapllava', 'mapllava_tiny_1xb4-demo_synthetic-nus-map.py')
@@ -105,13 +103,7 @@ def test_dist_train_two_cpu_ranks_end_identical(synthetic_root, tmp_path):
              "allow_failed_imports=False)\n"
              "custom_hooks = [dict(type='GroupLRLoggerHook'), dict(type='ToyDumpWeightsHook')]\n")
     cfg = write_tiny_config(tmp_path / 'dist.py', synthetic_root, str(work), extra=extra)
-    env = dict(os.environ, PYTHONPATH=osp.join(REPO_ROOT, 'tests'), PORT=str(_free_port()),
-               PYTHON=sys.executable, OMP_NUM_THREADS='1')
-    proc = subprocess.run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'), cfg, '2'],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rank0 = torch.load(work / 'rank0.pth', weights_only=True)
-    rank1 = torch.load(work / 'rank1.pth', weights_only=True)
+    rank0, rank1 = dist_train_two_ranks(cfg, tmp_path, work, timeout=600)
     final = torch.load(work / 'final_model.pth', weights_only=True)
     assert final['meta']['iter'] == 4  # 16 samples over 2 ranks x batch 2
     # parameters see all-reduced gradients; BN running statistics stay per rank

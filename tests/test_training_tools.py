@@ -203,18 +203,22 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def dist_train_two_ranks(cfg: str, cwd, work, timeout: int = 300) -> tuple:
+    """``tools/dist_train.sh cfg 2`` on CPU; the weights each rank's ToyDumpWeightsHook saved."""
+    env = dict(os.environ, PYTHONPATH=osp.join(REPO_ROOT, 'tests'), PORT=str(_free_port()),
+               PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    proc = subprocess.run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'), cfg, '2'],
+                          cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tuple(torch.load(osp.join(work, f'rank{r}.pth'), weights_only=True) for r in (0, 1))
+
+
 @pytest.mark.slow
 def test_torchrun_two_cpu_processes_end_identical(tmp_path):
     work = tmp_path / 'work'
     cfg = write_toy_config(tmp_path / 'dist.py', str(work), max_epochs=2,
                            custom_hooks=[dict(type='ToyDumpWeightsHook')])
-    env = dict(os.environ, PYTHONPATH=osp.join(REPO_ROOT, 'tests'), PORT=str(_free_port()),
-               PYTHON=sys.executable, OMP_NUM_THREADS='1')
-    proc = subprocess.run(['bash', osp.join(REPO_ROOT, 'tools', 'dist_train.sh'), cfg, '2'],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rank0 = torch.load(work / 'rank0.pth', weights_only=True)
-    rank1 = torch.load(work / 'rank1.pth', weights_only=True)
+    rank0, rank1 = dist_train_two_ranks(cfg, tmp_path, work)
     epoch1 = torch.load(work / 'checkpoint_epoch_1.pth', weights_only=True)['state_dict']
     for key in rank0:
         torch.testing.assert_close(rank0[key], rank1[key], rtol=0, atol=0)
