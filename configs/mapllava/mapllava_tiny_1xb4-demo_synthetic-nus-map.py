@@ -13,6 +13,11 @@ img_scale = (400, 225)
 max_epochs = 6
 num_pts = 20
 
+# MapTRv2's one-to-many group: 100 extra training-only queries matched to the GT repeated 4x.
+# Denser supervision is what gets the tiny model past 0.3 mAP in the CPU budget
+# (docs/benchmarks.md); inference still uses the 50 one-to-one queries.
+model = dict(map_head=dict(num_aux_vec=100, aux_repeat_k=4))
+
 train_pipeline = [
     dict(type='LoadMultiViewImages'),
     dict(type='LoadMapAnnotations'),
