@@ -152,6 +152,41 @@ def test_loss_uses_the_matched_order_as_target():
     assert loss_cls.item() > 0
 
 
+def test_point_and_direction_losses_follow_maptr():
+    """MapTR, ``maptr_head.py`` ``loss_single`` with ``PtsL1Loss`` / ``PtsDirCosLoss``
+    (``losses/map_loss.py``), both called with ``avg_factor=num_total_pos``:
+
+        loss_pts = w_pts * sum_{pos, points, xy} |p_norm - t_norm| / num_pos
+        loss_dir = w_dir * sum_{pos, P-1 segments} (1 - cos(dp_metres, dt_metres)) / num_pos
+
+    Two GT lines, two predictions with known offsets (metres), the other 48 queries far off.
+    """
+    roi_w, roi_h = 30.0, 60.0
+    line_a = torch.stack([torch.linspace(-10, 10, NUM_PTS), torch.zeros(NUM_PTS)], -1)
+    line_b = torch.stack([torch.full((NUM_PTS,), 5.0), torch.linspace(-20, 20, NUM_PTS)], -1)
+    pred_a = line_a + torch.tensor([0.3, -0.6])  # shifted: same directions
+    zigzag = 0.5 * (-1.0) ** torch.arange(NUM_PTS)
+    pred_b = line_b + torch.stack([zigzag, torch.zeros(NUM_PTS)], -1)  # x alternates +-0.5 m
+    sa, va = line_shifts(line_a, 2)
+    sb, vb = line_shifts(line_b, 2)
+    gt = InstanceData(labels=torch.tensor([0, 2]), shifts=torch.stack([sa, sb]),
+                      shifts_valid=torch.stack([va, vb]))
+    pts = torch.full((1, 50, NUM_PTS, 2), 0.0)
+    pts[0, 3] = normalize_pts(pred_a, PC_RANGE)
+    pts[0, 11] = normalize_pts(pred_b, PC_RANGE)
+    cls = torch.full((1, 50, 3), -5.0)
+    head = build_head()
+    _, loss_pts, loss_dir = head._loss_single(cls, pts, [head._prepare_gt(gt, 'cpu')])
+
+    num_pos = 2
+    l1_a = NUM_PTS * (0.3 / roi_w + 0.6 / roi_h)  # every point, both coordinates
+    l1_b = NUM_PTS * (0.5 / roi_w)
+    dy = 40.0 / (NUM_PTS - 1)  # GT segment (0, dy); predicted (+-1, dy)
+    dir_b = (NUM_PTS - 1) * (1 - dy / (1 + dy ** 2) ** 0.5)  # line a keeps its directions
+    assert loss_pts.item() == pytest.approx(5.0 * (l1_a + l1_b) / num_pos, rel=1e-5)
+    assert loss_dir.item() == pytest.approx(0.005 * (0.0 + dir_b) / num_pos, rel=1e-4)
+
+
 def test_predict_returns_metres_in_roi():
     head = build_head(max_per_img=30).eval()
     with torch.no_grad():

@@ -261,12 +261,15 @@ class MapTRHead(BaseModule):
         if len(pos_preds) == 0:
             zero = pts_preds.sum() * 0
             return loss_cls, zero, zero
-        loss_pts = self.loss_pts(pos_preds, pos_targets, avg_factor=num_pos * self.num_pts)
+        # MapTR (maptr_head.py, loss_single): both sums are divided by the number of positives
+        # only, not by the points: |dx| + |dy| summed over all P points of a matched instance
+        # (normalized coordinates), and (1 - cos) summed over its P - 1 segment directions.
+        loss_pts = self.loss_pts(pos_preds, pos_targets, avg_factor=num_pos)
         # directions in metres: the ROI is not square, normalized angles would be skewed
         pred_dir = denormalize_pts(pos_preds, self.pc_range).diff(dim=1)
         gt_dir = denormalize_pts(pos_targets, self.pc_range).diff(dim=1)
         cos = F.cosine_similarity(pred_dir, gt_dir, dim=-1)
-        loss_dir = (1 - cos).sum() / (num_pos * (self.num_pts - 1)) * self.loss_dir_weight
+        loss_dir = (1 - cos).sum() / num_pos * self.loss_dir_weight
         return loss_cls, loss_pts, loss_dir
 
     # ------------------------------------------------------------------ inference
