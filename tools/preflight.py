@@ -145,9 +145,11 @@ def check_data(cfg, report: Report) -> None:
 
 
 def _init_checkpoints(node, where: str = 'model'):
-    """``(where, checkpoint)`` of every ``init_cfg=dict(type='Pretrained', checkpoint=...)``."""
+    """``(where, checkpoint)`` of every ``init_cfg=dict(type='Pretrained', checkpoint=...)``
+    (or ``'StrictPretrained'``)."""
     if isinstance(node, dict):
-        if node.get('type') == 'Pretrained' and isinstance(node.get('checkpoint'), str):
+        if node.get('type') in ('Pretrained', 'StrictPretrained') and isinstance(
+                node.get('checkpoint'), str):
             yield where, node['checkpoint']
         for key, value in node.items():
             yield from _init_checkpoints(value, f'{where}.{key}')

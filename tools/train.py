@@ -28,7 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Train a MapLLaVA model')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='folder for logs and checkpoints')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision')
+    parser.add_argument('--amp', action='store_true',
+                        help='bf16 automatic mixed precision (AmpOptimWrapper; GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the lr by total batch size / auto_scale_lr.base_batch_size')
     parser.add_argument('--resume', nargs='?', type=str, const='auto',
@@ -55,6 +56,8 @@ def _enable_amp(cfg) -> None:
         raise ConfigCheckError(f'--amp needs optim_wrapper.type OptimWrapper, got {wrapper}')
     cfg.optim_wrapper.type = 'AmpOptimWrapper'
     cfg.optim_wrapper.loss_scale = 'dynamic'
+    # bf16, not mmengine's fp16 default: the LLM's weights are bf16 and fp16 overflows them
+    cfg.optim_wrapper.setdefault('dtype', 'bfloat16')
 
 
 def main(argv=None) -> None:

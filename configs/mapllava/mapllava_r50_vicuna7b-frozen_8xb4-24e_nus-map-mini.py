@@ -9,7 +9,11 @@ val_evaluator = dict(
     type='ChamferMapMetric', ann_file='data/nuscenes/nuscenes_map_infos_val.pkl')
 test_evaluator = val_evaluator
 
+# bf16 mixed precision on the GPU (mmengine's AmpOptimWrapper): the parts outside the LLM run
+# under bf16 autocast with fp32 weights, the map decoder's deformable attention stays fp32
+# (FP32MultiScaleDeformableAttention: mmcv 2.1's kernel has no bf16), the frozen LLM is bf16.
 optim_wrapper = dict(
+    type='AmpOptimWrapper', dtype='bfloat16', loss_scale='dynamic',
     paramwise_cfg=dict(custom_keys={
         'neck.qformer': dict(lr_mult=0.1),
         'neck.query_tokens': dict(lr_mult=0.1),

@@ -26,7 +26,9 @@ model = dict(
         img_backbone=dict(
             type='mmdet.ResNet', depth=50, out_indices=(2, 3), frozen_stages=1,
             norm_cfg=dict(type='BN', requires_grad=True), norm_eval=True, style='pytorch',
-            init_cfg=dict(type='Pretrained', checkpoint='torchvision://resnet50')),
+            # mmengine's Pretrained, but weights missing from the file fail instead of
+            # staying random (docs/pretrained_weights.md)
+            init_cfg=dict(type='StrictPretrained', checkpoint='torchvision://resnet50')),
         # lift stride-16 features (800x450 inputs -> 29x50 per view)
         img_neck=dict(type='LSSFPN', in_channels=[1024, 2048], out_channels=256),
         view_transform=dict(

@@ -4,9 +4,10 @@ from __future__ import annotations
 from typing import Optional
 
 from mmcv.cnn.bricks.transformer import FFN
-from mmcv.ops import MultiScaleDeformableAttention
 from mmengine.model import BaseModule
 from torch import Tensor, nn
+
+from .fp32_deformable_attention import FP32MultiScaleDeformableAttention
 
 
 class MapDecoderLayer(BaseModule):
@@ -17,7 +18,8 @@ class MapDecoderLayer(BaseModule):
     ``'decoupled'`` (MapTRv2) attends across instances for each point index, then across
     the points of each instance -- the same reach at a fraction of the cost.
     mmcv's ``MultiScaleDeformableAttention`` runs its CUDA kernel on GPU tensors and
-    ``multi_scale_deformable_attn_pytorch`` on CPU tensors, so no wrapper is needed.
+    ``multi_scale_deformable_attn_pytorch`` on CPU tensors; the cross-attention is its fp32
+    subclass because that kernel has no bf16 dispatch.
     """
 
     def __init__(self,
@@ -38,7 +40,7 @@ class MapDecoderLayer(BaseModule):
         self.intra_attn = nn.MultiheadAttention(
             embed_dims, num_heads, dropout=dropout, batch_first=True) if self.decoupled else None
         self.attn_drop = nn.Dropout(dropout)
-        self.cross_attn = MultiScaleDeformableAttention(
+        self.cross_attn = FP32MultiScaleDeformableAttention(
             embed_dims=embed_dims, num_heads=num_heads, num_levels=1, num_points=num_points,
             dropout=dropout, batch_first=True)
         self.ffn = FFN(embed_dims=embed_dims, feedforward_channels=ffn_dims, ffn_drop=dropout)

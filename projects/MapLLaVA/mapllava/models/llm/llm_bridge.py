@@ -10,9 +10,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .base_bridge import MapQueryBridge
-from .hf_utils import check_pretrained_path, load_error, to_torch_dtype
+from .hf_utils import check_loading_info, check_pretrained_path, load_error, to_torch_dtype
 
 MODES = ('frozen', 'lora', 'full')
+MAP_QUERY_ATTENTION = ('causal', 'bidirectional')
 DEFAULT_PROMPT = ('A chat between a curious user and an artificial intelligence assistant. USER: '
                   'Describe the vectorized HD map around the ego vehicle (lane dividers, '
                   "pedestrian crossings, road boundaries) in this bird's-eye-view scene:")
@@ -42,10 +43,19 @@ def _from_path(loader, path: str, what: str, **kwargs):
 
 def build_causal_lm(llm_path: str | None, llm_cfg: dict | None, dtype: torch.dtype,
                     attn_implementation: str) -> PreTrainedModel:
-    """Pretrained LLM from ``llm_path``, or a random one from a config dict (any size)."""
+    """Pretrained LLM from ``llm_path``, or a random one from a config dict (any size).
+
+    A checkpoint missing weights, or holding some of another shape, raises
+    ``PretrainedWeightsError`` naming them (transformers would only warn and init them
+    randomly); unexpected keys are logged.
+    """
     if llm_path is not None:
-        return _from_path(AutoModelForCausalLM, llm_path, 'LLM', dtype=dtype,
-                          attn_implementation=attn_implementation)
+        # ignore_mismatched_sizes: let transformers report mismatches, then name them here.
+        llm, info = _from_path(AutoModelForCausalLM, llm_path, 'LLM', dtype=dtype,
+                               attn_implementation=attn_implementation,
+                               output_loading_info=True, ignore_mismatched_sizes=True)
+        check_loading_info(info, llm_path, 'LLM')
+        return llm
     cfg = dict(llm_cfg)
     config = AutoConfig.for_model(cfg.pop('model_type', 'llama'), **cfg)
     return AutoModelForCausalLM.from_config(config, dtype=dtype,
@@ -80,8 +90,19 @@ class LLMBridge(MapQueryBridge):
     Modes: ``'frozen'`` (no LLM parameter trains, the LLM stays in eval mode, gradients still
     flow through it), ``'lora'`` (peft adapters on ``lora_cfg['target_modules']``; only they
     train in the LLM), ``'full'`` (every LLM parameter trains except an untied ``lm_head``,
-    which the bridge never uses). The LLM runs in ``dtype`` with autocast switched off inside it
-    (when half precision); inputs are cast to it and outputs back to fp32 at the boundary.
+    which the bridge never uses).
+
+    Precision: ``dtype`` is the LLM's compute dtype. In ``frozen`` and ``lora`` mode the LLM's
+    weights are stored in it and it runs with autocast switched off (inputs cast to it,
+    outputs back to fp32); peft keeps the LoRA adapters in fp32. In ``full`` mode every trained
+    LLM weight is an fp32 master and the LLM runs under autocast in ``dtype``: a bf16 weight
+    cannot take an AdamW step of 1e-6 (its spacing near 0.02 is 1.2e-4, so ~98 % of the
+    elements would never move). The cost at 7B is in docs/benchmarks.md.
+
+    ``map_query_attention``: ``'causal'`` keeps the LLM's causal mask, so map query i reads
+    only queries < i; ``'bidirectional'`` passes a 4-D mask in which prompt and scene tokens
+    stay causal and the map-query block sees every earlier token and each other (a set has
+    no order).
 
     Checkpoints: when the LLM comes from ``llm_path`` and ``mode != 'full'``, its frozen weights
     (``reloadable_keys``: every LLM tensor that is not a trainable parameter) are left out of
@@ -111,6 +132,7 @@ class LLMBridge(MapQueryBridge):
         gradient_checkpointing: recompute the decoder layers in backward
             (``use_reentrant=False``; also active in ``frozen`` mode).
         projector: ``'mlp'`` (LLaVA-1.5) or ``'linear'`` for ``scene_proj``.
+        map_query_attention: ``'causal'`` or ``'bidirectional'`` (see above).
     """
 
     def __init__(self,
@@ -127,18 +149,31 @@ class LLMBridge(MapQueryBridge):
                  attn_implementation: str = 'sdpa',
                  gradient_checkpointing: bool = False,
                  projector: str = 'mlp',
+                 map_query_attention: str = 'causal',
                  init_cfg: dict | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
+        if map_query_attention not in MAP_QUERY_ATTENTION:
+            raise ValueError(f'map_query_attention must be one of {MAP_QUERY_ATTENTION}, '
+                             f'got {map_query_attention!r}')
+        if map_query_attention == 'bidirectional' and attn_implementation not in ('sdpa',
+                                                                                 'eager'):
+            raise ValueError("map_query_attention='bidirectional' needs a 4-D attention mask: "
+                             f"attn_implementation 'sdpa' or 'eager', got {attn_implementation!r}")
         if (llm_path is None) == (llm_cfg is None):
             raise ValueError('LLMBridge needs exactly one of llm_path and llm_cfg')
-        llm = build_causal_lm(llm_path, llm_cfg, to_torch_dtype(dtype), attn_implementation)
+        compute_dtype = to_torch_dtype(dtype)
+        # full fine-tuning keeps fp32 master weights; the others store the LLM in compute dtype
+        weight_dtype = torch.float32 if mode == 'full' else compute_dtype
+        llm = build_causal_lm(llm_path, llm_cfg, weight_dtype, attn_implementation)
         embed = llm.get_input_embeddings()
         # Map queries start at the scale of the LLM's own token embeddings.
         super().__init__(in_channels, embed.embedding_dim, embed_dims, num_map_queries,
                          projector, query_std=embed.weight.float().std().item(),
                          init_cfg=init_cfg)
         self.mode = mode
+        self.compute_dtype = compute_dtype
+        self.map_query_attention = map_query_attention
         prompt_ids = self._tokenize(prompt, llm, tokenizer_path or llm_path)
         self.register_buffer('prompt_ids', torch.tensor(prompt_ids, dtype=torch.long),
                              persistent=False)
@@ -148,7 +183,7 @@ class LLMBridge(MapQueryBridge):
                 llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-        self.llm = self._apply_mode(llm, mode, lora_cfg)
+        self.llm = self._apply_mode(llm, mode, lora_cfg, compute_dtype)
         self.reloadable_keys: frozenset[str] = frozenset()
         if llm_path is not None and mode != 'full':
             self.reloadable_keys = frozenset(
@@ -167,16 +202,21 @@ class LLMBridge(MapQueryBridge):
         return tokenizer(prompt)['input_ids']
 
     @staticmethod
-    def _apply_mode(llm: PreTrainedModel, mode: str, lora_cfg: dict | None) -> nn.Module:
+    def _apply_mode(llm: PreTrainedModel, mode: str, lora_cfg: dict | None,
+                    compute_dtype: torch.dtype) -> nn.Module:
         if mode == 'frozen':
             llm.requires_grad_(False)
         elif mode == 'lora':
+            # autocast_adapter_dtype (peft's default) keeps the adapters fp32 on a bf16 base
             llm = get_peft_model(llm, LoraConfig(task_type='CAUSAL_LM',
-                                                 **{**DEFAULT_LORA, **(lora_cfg or {})}))
+                                                 **{**DEFAULT_LORA, **(lora_cfg or {})}),
+                                 autocast_adapter_dtype=True)
         else:
             head = llm.get_output_embeddings()
             if head is not None and head.weight is not llm.get_input_embeddings().weight:
+                # never used by the bridge and never trained: no fp32 master needed
                 head.requires_grad_(False)
+                head.to(compute_dtype)
         return llm
 
     @property
@@ -203,13 +243,38 @@ class LLMBridge(MapQueryBridge):
     def init_weights(self) -> None:
         """Keep the weights set at construction (mmengine must not re-init the HF model)."""
 
+    def _precision_context(self, device_type: str, weight_dtype: torch.dtype):
+        """Autocast off for half-precision weights, on in ``compute_dtype`` for fp32 masters
+        with a half compute dtype, untouched (the caller's) for an fp32 LLM."""
+        if weight_dtype != torch.float32:
+            return torch.autocast(device_type, enabled=False)
+        if self.compute_dtype != torch.float32:
+            return torch.autocast(device_type, dtype=self.compute_dtype)
+        return contextlib.nullcontext()
+
+    def map_query_mask(self, batch: int, seq_len: int, num_queries: int,
+                       dtype: torch.dtype, device: torch.device) -> Tensor:
+        """``(B, 1, L, L)`` mask: causal, except that the last ``num_queries`` rows (the map
+        queries) see every position. Boolean (True = attend) for SDPA, additive for eager."""
+        pos = torch.arange(seq_len, device=device)
+        allowed = (pos[None, :] <= pos[:, None]) | (pos[:, None] >= seq_len - num_queries)
+        allowed = allowed[None, None].expand(batch, 1, seq_len, seq_len)
+        if self.decoder.config._attn_implementation == 'sdpa':
+            return allowed
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
+            ~allowed, torch.finfo(dtype).min)
+
     def fuse(self, scene: Tensor, queries: Tensor) -> Tensor:
         decoder = self.decoder
         embed = decoder.get_input_embeddings()
         dtype = embed.weight.dtype
         prompt = embed(self.prompt_ids).unsqueeze(0).expand(scene.shape[0], -1, -1)
         seq = torch.cat([prompt.to(dtype), scene.to(dtype), queries.to(dtype)], dim=1)
-        no_autocast = torch.autocast(seq.device.type, enabled=False)
-        with no_autocast if dtype != torch.float32 else contextlib.nullcontext():
-            hidden = decoder(inputs_embeds=seq, use_cache=False).last_hidden_state
+        mask = None
+        if self.map_query_attention == 'bidirectional':
+            mask = self.map_query_mask(seq.shape[0], seq.shape[1], queries.shape[1],
+                                       self.compute_dtype, seq.device)
+        with self._precision_context(seq.device.type, dtype):
+            hidden = decoder(inputs_embeds=seq, attention_mask=mask,
+                             use_cache=False).last_hidden_state
         return hidden[:, -queries.shape[1]:]

@@ -9,14 +9,41 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from transformers import Blip2QFormerConfig, Blip2QFormerModel
 
-from ..llm.hf_utils import check_pretrained_path, read_config, read_tensors
+from ..llm.hf_utils import (
+    PretrainedWeightsError,
+    check_pretrained_path,
+    check_state_fits,
+    list_tensor_names,
+    preview_keys,
+    read_config,
+    read_tensors,
+)
 
 QFORMER_PREFIX = 'qformer.'
 QUERY_TOKENS_KEY = 'query_tokens'
+SUPPORTED_LAYOUT = ('Supported is the Hugging Face Blip2Model / Blip2ForConditionalGeneration '
+                    'layout (qformer.* + query_tokens).')
+OTHER_LAYOUTS = (
+    ('Qformer.bert.', 'a LAVIS (Salesforce/LAVIS) BLIP-2 checkpoint',
+     "convert it with transformers' convert_blip_2_original_to_pytorch.py"),
+    ('qformer.embeddings.', 'an InstructBLIP checkpoint (its Q-Former has instruction '
+     'embeddings and no top-level qformer.layernorm)', 'use a BLIP-2 checkpoint such as '
+     'Salesforce/blip2-opt-2.7b'),
+)
 
 
 def _is_qformer_key(key: str) -> bool:
     return key.startswith(QFORMER_PREFIX) or key == QUERY_TOKENS_KEY
+
+
+def layout_hint(keys: list[str]) -> str:
+    """Which known unsupported layout the checkpoint keys look like ('' if none)."""
+    for prefix, name, todo in OTHER_LAYOUTS:
+        found = [k for k in keys if k.startswith(prefix)]
+        if found:
+            return (f'It looks like {name} (keys such as {preview_keys(found, 3)}): '
+                    f'{todo}. {SUPPORTED_LAYOUT}')
+    return ''
 
 
 @MODELS.register_module()
@@ -40,7 +67,9 @@ class QFormerNeck(BaseModule):
         num_query_tokens: learnable queries; ``None`` → the checkpoint's value, else 32.
         pretrained: local folder or hub id of a BLIP-2 checkpoint (``Blip2Model`` /
             ``Blip2ForConditionalGeneration`` layout). Only ``qformer.*`` and ``query_tokens``
-            are read; ``None`` starts from scratch.
+            are read, and every Q-Former weight must be there with its shape (else
+            ``PretrainedWeightsError``, e.g. for LAVIS or InstructBLIP checkpoints); ``None``
+            starts from scratch.
         downsample: BEV stride before flattening (1 = none). 200×100 cells are 20k memory
             tokens; 2 gives 5k.
         downsample_mode: ``'avg'`` (parameter-free average pooling) or ``'conv'`` (strided
@@ -93,29 +122,28 @@ class QFormerNeck(BaseModule):
             self._load_pretrained(state, pretrained)
 
     def _load_pretrained(self, state: dict[str, Tensor], path: str) -> None:
-        """Copy the checkpoint's Q-Former and query tokens in, logging what matched."""
+        """Copy the checkpoint's Q-Former and query tokens in; refuse anything that does not fit.
+
+        A checkpoint of another layout would otherwise leave the Q-Former at random init.
+        """
+        if not any(k.startswith(QFORMER_PREFIX) for k in state):
+            keys = list_tensor_names(path, 'BLIP-2 checkpoint')
+            raise PretrainedWeightsError(
+                f'BLIP-2 checkpoint {path!r} has no qformer.* tensors ({len(keys)} tensors, '
+                f'e.g. {preview_keys(keys, 5)}). '
+                + (layout_hint(keys) or SUPPORTED_LAYOUT))
+        expected = {QFORMER_PREFIX + k: v for k, v in self.qformer.state_dict().items()}
+        expected[QUERY_TOKENS_KEY] = self.query_tokens
+        check_state_fits(expected, state, path, 'BLIP-2 checkpoint',
+                         hint=layout_hint(list(state)))
         qformer_state = {k[len(QFORMER_PREFIX):]: v for k, v in state.items()
                          if k.startswith(QFORMER_PREFIX)}
-        result = self.qformer.load_state_dict(qformer_state, strict=False)
-        missing = [QFORMER_PREFIX + k for k in result.missing_keys]
-        unexpected = [QFORMER_PREFIX + k for k in result.unexpected_keys]
-        if QUERY_TOKENS_KEY in state:
-            tokens = state[QUERY_TOKENS_KEY]
-            if tokens.shape != self.query_tokens.shape:
-                raise ValueError(f'query_tokens in {path!r} have shape {tuple(tokens.shape)}, '
-                                 f'expected {tuple(self.query_tokens.shape)}')
-            with torch.no_grad():
-                self.query_tokens.copy_(tokens)
-        else:
-            missing.append(QUERY_TOKENS_KEY)
-        loaded = sorted(set(state) - set(unexpected))
-        logger = MMLogger.get_current_instance()
-        logger.info(f'QFormerNeck: loaded {len(loaded)} tensors (qformer.*, query_tokens) from '
-                    f'BLIP-2 checkpoint {path!r}: {loaded}')
-        if missing:
-            logger.warning(f'QFormerNeck: missing keys (kept random init): {missing}')
-        if unexpected:
-            logger.warning(f'QFormerNeck: unexpected keys in {path!r} (ignored): {unexpected}')
+        self.qformer.load_state_dict(qformer_state, strict=True)
+        with torch.no_grad():
+            self.query_tokens.copy_(state[QUERY_TOKENS_KEY])
+        MMLogger.get_current_instance().info(
+            f'QFormerNeck: loaded {len(state)} tensors (qformer.*, query_tokens) from BLIP-2 '
+            f'checkpoint {path!r}: {sorted(state)}')
 
     def init_weights(self) -> None:
         """Keep the weights set at construction.
