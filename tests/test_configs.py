@@ -80,7 +80,8 @@ def test_config_builds_and_trains_one_step(path):
     batch = make_batch(1, (64, 112), num_classes=num_classes,
                        roi_size=cfg.train_dataloader.dataset.metainfo.get('roi_size',
                                                                           (30.0, 60.0)))
-    if cfg.model.data_preprocessor.get('voxel'):
+    depth_loss = cfg.model.bev_encoder.get('view_transform', {}).get('depth_loss_weight', 0)
+    if cfg.model.data_preprocessor.get('voxel') or depth_loss > 0:
         rng = np.random.default_rng(0)
         pts = rng.uniform([-15, -30, -2, 0, 0], [15, 30, 1, 255, 0], (2000, 5))
         batch['inputs']['points'] = [torch.from_numpy(pts.astype(np.float32))]

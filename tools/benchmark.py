@@ -229,6 +229,12 @@ def make_step(model, cfg: Config, args, batch: dict):
             if device_type != 'cuda':
                 raise ConfigCheckError('--amp in train mode needs CUDA (AmpOptimWrapper)')
             optim_cfg.type, optim_cfg.dtype = 'AmpOptimWrapper', 'bfloat16'
+        elif optim_cfg.get('type') == 'AmpOptimWrapper':
+            # the full-size configs default to bf16 AMP; without --amp time the fp32 step
+            # (mmengine builds AmpOptimWrapper on accelerators only)
+            optim_cfg.type = 'OptimWrapper'
+            optim_cfg.pop('dtype', None)
+            optim_cfg.pop('loss_scale', None)
         optim_wrapper = build_optim_wrapper(model, optim_cfg)
         model.train()
         return lambda: model.train_step(batch, optim_wrapper)

@@ -117,6 +117,24 @@ class BEVFusionEncoder(BaseModule):
     def with_pts(self) -> bool:
         return self.pts_voxel_encoder is not None
 
+    @property
+    def with_depth_loss(self) -> bool:
+        """Whether the camera branch's depth net is supervised by LiDAR points."""
+        return self.with_cam and getattr(self.view_transform, 'depth_loss_weight', 0) > 0
+
+    def depth_loss(self, points: Optional[Sequence[Tensor]],
+                   data_samples: Sequence) -> Dict[str, Tensor]:
+        """``loss_depth`` of the last forward's depth distribution against the LiDAR points
+        (per sample, LiDAR frame). Raises without points: a weight > 0 that silently trained
+        nothing would be a wrong experiment."""
+        if points is None or len(points) != len(data_samples):
+            raise ValueError(
+                'model.bev_encoder.view_transform.depth_loss_weight > 0 needs the LiDAR points '
+                "of every training sample: add dict(type='LoadPointsFromFile', "
+                "coord_type='LIDAR', load_dim=5, use_dim=5) to the train pipeline "
+                '(PackMapInputs packs inputs["points"]), or set depth_loss_weight=0')
+        return dict(loss_depth=self.view_transform.depth_loss(points, data_samples))
+
     def extract_cam_bev(self, imgs: Tensor, data_samples: Sequence) -> Tensor:
         """(B, N, 3, H, W) images → (B, C_cam, bev_h, bev_w)."""
         batch, num_cams, _, img_h, img_w = imgs.shape

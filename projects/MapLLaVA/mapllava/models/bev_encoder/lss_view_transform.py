@@ -9,6 +9,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from .bev_pool import depth_weighted_bev_pool
+from .depth_targets import depth_bce_loss, depth_bin_targets
 from .grid import DEFAULT_BEV_SIZE, DEFAULT_PC_RANGE, BEVGrid
 
 
@@ -61,6 +62,9 @@ class LSSViewTransform(BaseModule):
             single 1×1 conv (BEVFusion's depthnet), None for ``in_channels``.
         norm_cfg: norm layer of the convs.
         pool_chunk_size: frustum points pooled at once (memory bound of the splat).
+        depth_loss_weight: weight of the BEVDepth-style LiDAR depth loss (:meth:`depth_loss`);
+            0 turns it off and leaves the module exactly as without it. When > 0, ``forward``
+            keeps its last depth distribution for :meth:`depth_loss`.
     """
 
     def __init__(self,
@@ -73,6 +77,7 @@ class LSSViewTransform(BaseModule):
                  depthnet_channels: Optional[int] = None,
                  norm_cfg: dict = dict(type='BN'),
                  pool_chunk_size: int = 1 << 18,
+                 depth_loss_weight: float = 0.0,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg=init_cfg)
         self.in_channels = in_channels
@@ -83,6 +88,11 @@ class LSSViewTransform(BaseModule):
         self.register_buffer('depth_values', torch.arange(*depth_bins, dtype=torch.float32),
                              persistent=False)
         self.num_bins = self.depth_values.numel()
+        self.depth_bins = tuple(float(v) for v in depth_bins)
+        if depth_loss_weight < 0:
+            raise ValueError(f'depth_loss_weight must be >= 0, got {depth_loss_weight}')
+        self.depth_loss_weight = float(depth_loss_weight)
+        self._last_depth: Optional[Tuple[Tensor, Tuple[int, int]]] = None
 
         mid = in_channels if depthnet_channels is None else depthnet_channels
         head: List[nn.Module] = []
@@ -181,7 +191,41 @@ class LSSViewTransform(BaseModule):
         x = self.depthnet(img_feats.flatten(0, 1))
         depth = x[:, :self.num_bins].softmax(dim=1)
         ctx = x[:, self.num_bins:]
+        if self.depth_loss_weight > 0:
+            self._last_depth = (depth, tuple(int(v) for v in img_hw))
         geom = self.get_geometry(data_samples, img_hw, feat_hw, img_feats.device)
         bev = self.splat(depth.reshape(batch, num_cams, *depth.shape[1:]),
                          ctx.reshape(batch, num_cams, *ctx.shape[1:]), geom)
         return self.downsample(bev)
+
+    def depth_targets(self, points: Sequence[Tensor], data_samples: Sequence,
+                      img_hw: Sequence[int], feat_hw: Sequence[int]) -> Tensor:
+        """(B·N, fH, fW) depth-bin targets of ``points`` (LiDAR frame, one tensor per sample)
+        with this module's calibration reading and candidates; -1 where there is none."""
+        cam2img = stack_calib(data_samples, 'cam2img')
+        lidar2cam = stack_calib(data_samples, 'lidar2cam')
+        img_aug = stack_calib(data_samples, 'img_aug_matrix', required=False)
+        if img_aug is None:
+            img_aug = torch.eye(4, dtype=torch.float64).expand_as(cam2img)
+        valid_hw = [_real_hw(sample, img_hw) for sample in data_samples]
+        return depth_bin_targets(points, lidar2cam, cam2img, img_aug, feat_hw, img_hw,
+                                 self.depth_bins, valid_hw)
+
+    def depth_loss(self, points: Sequence[Tensor], data_samples: Sequence) -> Tensor:
+        """``depth_loss_weight`` × BCE of the last forward's depth distribution against the
+        LiDAR depth bins (see ``depth_targets.py``). The kept distribution is released."""
+        if self._last_depth is None:
+            raise RuntimeError('depth_loss needs a forward with depth_loss_weight > 0 first')
+        depth, img_hw = self._last_depth
+        self._last_depth = None
+        targets = self.depth_targets(points, data_samples, img_hw, depth.shape[-2:])
+        return self.depth_loss_weight * depth_bce_loss(depth, targets.to(depth.device))
+
+
+def _real_hw(sample, img_hw: Sequence[int]) -> Tuple[int, int]:
+    """The sample's unpadded image size (``img_shape``), at most ``img_hw``."""
+    shape = sample.metainfo.get('img_shape')
+    if shape is None:
+        return int(img_hw[0]), int(img_hw[1])
+    height, width = np.asarray(shape).reshape(-1)[:2]
+    return min(int(height), int(img_hw[0])), min(int(width), int(img_hw[1]))

@@ -57,9 +57,14 @@ class MapLLaVA(Base3DDetector):
 
     def loss(self, batch_inputs_dict: dict, batch_data_samples: SampleList,
              **kwargs) -> dict[str, Tensor]:
-        """Losses of every decoder layer against ``gt_instances_3d`` (see ``MapTRHead``)."""
+        """Losses of every decoder layer against ``gt_instances_3d`` (see ``MapTRHead``), plus
+        ``loss_depth`` from ``inputs['points']`` when the encoder's depth loss is on."""
         bev, queries = self._decode_inputs(batch_inputs_dict, batch_data_samples)
-        return self.map_head.loss(bev, queries, batch_data_samples)
+        losses = self.map_head.loss(bev, queries, batch_data_samples)
+        if getattr(self.bev_encoder, 'with_depth_loss', False):
+            losses.update(self.bev_encoder.depth_loss(batch_inputs_dict.get('points'),
+                                                      batch_data_samples))
+        return losses
 
     def predict(self, batch_inputs_dict: dict, batch_data_samples: SampleList,
                 **kwargs) -> SampleList:
