@@ -48,7 +48,10 @@ model = dict(
         num_map_queries=50,
         llm_path=llm_path,
         mode='frozen',
-        dtype='bf16'),
+        dtype='bf16',
+        # 'bidirectional': map queries see each other in the LLM (demo ablation:
+        # a tie within noise, docs/benchmarks.md)
+        map_query_attention='causal'),
     map_head=dict(
         type='MapTRHead',
         num_classes=num_classes,

@@ -51,7 +51,10 @@ model = dict(
             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
             vocab_size=512, max_position_embeddings=1024),
         mode='frozen',
-        dtype='fp32'),
+        dtype='fp32',
+        # 'bidirectional': map queries see each other in the LLM (demo ablation:
+        # a tie within noise, docs/benchmarks.md)
+        map_query_attention='causal'),
     map_head=dict(
         type='MapTRHead',
         num_classes=num_classes,
