@@ -213,9 +213,13 @@ def test_overlapping_crossings_are_merged(tmp_path):
     annos = extract(b, tmp_path)
     rings = by_label(annos, 1)
     assert len(rings) == 2 and annos['is_closed'].all()
-    shapes = [Polygon(r).normalize() for r in rings]  # union keeps collinear vertices
-    assert any(p.equals(box(-5, 0, 9, 4)) for p in shapes)
-    assert any(p.equals(box(-14, 28, -10, 30)) for p in shapes)
+    shapes = [Polygon(r) for r in rings]  # union keeps collinear vertices
+
+    def same(p: Polygon, q: Polygon) -> bool:  # up to float noise of the map transform
+        return p.symmetric_difference(q).area < 1e-9 and p.area == pytest.approx(q.area)
+
+    assert any(same(p, box(-5, 0, 9, 4)) for p in shapes)
+    assert any(same(p, box(-14, 28, -10, 30)) for p in shapes)
     assert all(signed_area(r) < 0 for r in rings)
 
 
