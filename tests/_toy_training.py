@@ -8,6 +8,7 @@ from __future__ import annotations
 import os.path as osp
 import uuid
 
+import numpy as np
 import torch
 import torch.nn as nn
 from mmdet3d.registry import DATASETS, HOOKS, METRICS, MODELS
@@ -36,10 +37,15 @@ class _Bridge(nn.Module):
 
 @MODELS.register_module()
 class ToyMapModel(BaseModel):
-    """Predicts polylines from a 4-vector; losses named like MapLLaVA's."""
+    """Predicts polylines from a 4-vector; losses named like MapLLaVA's.
 
-    def __init__(self, dim: int = 8, data_preprocessor=None, init_cfg=None):
+    ``dropout`` > 0 makes training draw from torch's generator, as the real model does.
+    """
+
+    def __init__(self, dim: int = 8, dropout: float = 0.0, data_preprocessor=None,
+                 init_cfg=None):
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.dropout = dropout
         gen = torch.Generator().manual_seed(0)
         self.neck = nn.Linear(4, dim)
         self.bridge = _Bridge(dim)
@@ -48,7 +54,10 @@ class ToyMapModel(BaseModel):
             p.data.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
     def _out(self, inputs: list) -> tuple:
-        x = self.neck(torch.stack(inputs))[:, None] + self.bridge.map_queries[None]
+        x = self.neck(torch.stack(inputs))
+        if self.dropout:
+            x = nn.functional.dropout(x, self.dropout, self.training)
+        x = x[:, None] + self.bridge.map_queries[None]
         out = self.map_head(self.bridge.llm(x))
         return out[..., :NUM_PTS * 2].unflatten(-1, (NUM_PTS, 2)), out[..., NUM_PTS * 2:]
 
@@ -73,12 +82,17 @@ class ToyMapModel(BaseModel):
 
 @DATASETS.register_module()
 class ToyMapDataset(Dataset):
-    """``size`` samples: inputs (4,), GT polylines that are a fixed function of the inputs."""
+    """``size`` samples: inputs (4,), GT polylines that are a fixed function of the inputs.
+
+    ``jitter`` > 0 adds noise from numpy's global generator to the inputs, like a random
+    augmentation in a data pipeline.
+    """
 
     METAINFO = dict(classes=CLASSES, roi_size=(30., 60.))
 
-    def __init__(self, size: int = 8, pipeline=None, **kwargs):
+    def __init__(self, size: int = 8, jitter: float = 0.0, pipeline=None, **kwargs):
         self.size = size
+        self.jitter = jitter
         self.metainfo = dict(self.METAINFO)
 
     def __len__(self) -> int:
@@ -90,6 +104,8 @@ class ToyMapDataset(Dataset):
         t = torch.linspace(-1, 1, NUM_PTS)
         lines = torch.stack([torch.stack([t * 10 + x[k], t * 20 * x[(k + 1) % 4]], -1)
                              for k in range(NUM_QUERIES)])
+        if self.jitter:
+            x = x + self.jitter * torch.from_numpy(np.random.randn(4)).float()
         sample = Det3DDataSample(metainfo=dict(token=f'tok{i:03d}', classes=CLASSES,
                                                roi_size=(30., 60.)))
         sample.gt_instances_3d = InstanceData(polylines=lines,
@@ -125,11 +141,17 @@ class ToyDumpWeightsHook(Hook):
         torch.save(model.state_dict(), osp.join(runner.work_dir, f'rank{get_rank()}.pth'))
 
 
-def toy_config(work_dir: str, max_epochs: int = 2, **overrides) -> dict:
-    """A full runner config on the project's runtime + schedule bases."""
+def toy_config(work_dir: str, max_epochs: int = 2, stochastic: bool = False,
+               **overrides) -> dict:
+    """A full runner config on the project's runtime + schedule bases.
+
+    ``stochastic``: training draws from the global generators (dropout, input jitter), so
+    a resume that puts them in the wrong place changes the weights.
+    """
     loader = dict(batch_size=2, num_workers=0, collate_fn=dict(type='pseudo_collate'),
                   sampler=dict(type='DefaultSampler', shuffle=False),
                   dataset=dict(type='ToyMapDataset', size=4))
+    noise = 0.5 if stochastic else 0.0
     cfg = dict(
         _base_=[osp.join(REPO_ROOT, 'configs/_base_/default_runtime.py'),
                 osp.join(REPO_ROOT, 'configs/_base_/schedules/adamw_cosine_24e.py')],
@@ -139,9 +161,9 @@ def toy_config(work_dir: str, max_epochs: int = 2, **overrides) -> dict:
                             allow_failed_imports=False),
         runner_type='MapRunner',
         work_dir=work_dir,
-        model=dict(type='ToyMapModel'),
+        model=dict(type='ToyMapModel', dropout=noise),
         train_dataloader=dict(loader, sampler=dict(type='DefaultSampler', shuffle=True),
-                              dataset=dict(type='ToyMapDataset', size=8)),
+                              dataset=dict(type='ToyMapDataset', size=8, jitter=noise)),
         val_dataloader=loader, test_dataloader=loader,
         val_evaluator=dict(type='ToyScriptedMetric'),
         test_evaluator=dict(type='ToyScriptedMetric'),

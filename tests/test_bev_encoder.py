@@ -133,12 +133,70 @@ def test_pool_matches_dense_and_gradcheck():
     feats = torch.rand(5, 4, dtype=torch.float64, requires_grad=True)
     point_idx = torch.tensor([0, 2, 4, 7, 8, 11, 14])
     cell_idx = torch.tensor([1, 1, 0, 5, 3, 1, 5])
-    out = depth_weighted_bev_pool(depth, feats, point_idx, cell_idx, 6, chunk_size=3)
+    # one cell per frustum point; 6 (= num_cells) marks the points outside, which are dropped
+    every = torch.full((15,), 6).index_put((point_idx,), cell_idx)
     dense = depth.reshape(-1, 1)[point_idx] * feats[point_idx // 3]
     ref = torch.zeros(6, 4, dtype=torch.float64).index_add(0, cell_idx, dense)
+    for chunk in (3, 7, 1 << 18):  # one pixel, two pixels with a remainder, all at once
+        out = depth_weighted_bev_pool(depth, feats, every, 6, chunk_size=chunk)
+        torch.testing.assert_close(out, ref)
+        assert torch.autograd.gradcheck(
+            lambda d, f: depth_weighted_bev_pool(d, f, every, 6, chunk), (depth, feats))
+    with pytest.raises(ValueError, match='one entry per frustum point'):
+        depth_weighted_bev_pool(depth, feats, cell_idx, 6)
+
+
+def test_splat_equals_pooling_only_the_points_inside():
+    """All points pooled with a dropped extra cell = the inside points selected and pooled
+    (the former ``nonzero`` formulation), forward and gradients."""
+    vt = LSSViewTransform(8, 3, depth_bins=(1.0, 60.0, 2.0), bev_size=BEV_SIZE, downsample=2,
+                          pool_chunk_size=100)
+    geom = vt.get_geometry([make_sample(2), make_sample(2, np.diag([0.5, 0.5, 1, 1]))],
+                           (IMG_H, IMG_W), (8, 14))
+    gen = torch.Generator().manual_seed(0)
+    depth = torch.rand(2, 2, vt.num_bins, 8, 14, generator=gen, requires_grad=True)
+    feats = torch.rand(2, 2, 3, 8, 14, generator=gen, requires_grad=True)
+    weights = torch.rand(2, 3, vt.pool_grid.bev_h, vt.pool_grid.bev_w, generator=gen)
+    out = vt.splat(depth, feats, geom)
+    grads = torch.autograd.grad((out * weights).sum(), (depth, feats))
+
+    grid = vt.pool_grid
+    cells, valid = grid.flat_index(geom)
+    assert 0 < valid.float().mean() < 0.9  # some points fall outside the grid
+    cells = cells + torch.arange(2).view(2, 1, 1, 1, 1) * grid.num_cells
+    points = depth.permute(0, 1, 3, 4, 2)[..., None] * feats.permute(0, 1, 3, 4, 2)[..., None, :]
+    ref = torch.zeros(2 * grid.num_cells, 3).index_add(0, cells[valid], points[valid])
+    ref = ref.view(2, grid.bev_h, grid.bev_w, 3).permute(0, 3, 1, 2)
+    ref_grads = torch.autograd.grad((ref * weights).sum(), (depth, feats))
     torch.testing.assert_close(out, ref)
-    assert torch.autograd.gradcheck(
-        lambda d, f: depth_weighted_bev_pool(d, f, point_idx, cell_idx, 6, 3), (depth, feats))
+    for grad, ref_grad in zip(grads, ref_grads):
+        torch.testing.assert_close(grad, ref_grad)
+
+
+def test_view_transform_compiles_without_breaks_or_recompiles():
+    """Static shapes (no ``nonzero``): the splat traces as one graph, and another sample's
+    calibration is new input data, not a reason to recompile (dynamo's ``eager`` backend:
+    the guards are dynamo's, whatever the backend)."""
+    torch._dynamo.reset()
+    vt = LSSViewTransform(8, 3, depth_bins=(1.0, 60.0, 2.0), bev_size=BEV_SIZE, downsample=2)
+    geom = vt.get_geometry([make_sample(2)], (IMG_H, IMG_W), (8, 14))
+    depth = torch.rand(1, 2, vt.num_bins, 8, 14, requires_grad=True)
+    feats = torch.rand(1, 2, 3, 8, 14, requires_grad=True)
+    splat = torch.compile(vt.splat, fullgraph=True, backend='eager')
+    torch.testing.assert_close(splat(depth, feats, geom), vt.splat(depth, feats, geom))
+
+    forward = torch.compile(vt, backend='eager')
+    img_feats = torch.randn(1, 2, 8, 8, 14)
+    shifted = np.eye(4)
+    shifted[:2, 3] = [-3.0, 2.0]  # another crop: different calibration values
+    samples = ([make_sample(2)], [make_sample(2, shifted)])
+    with torch.no_grad():
+        eager = [vt(img_feats, s, (IMG_H, IMG_W)) for s in samples]
+        forward(img_feats, samples[0], (IMG_H, IMG_W))
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            compiled = forward(img_feats, samples[1], (IMG_H, IMG_W))
+    torch.testing.assert_close(compiled, eager[1])
+    assert not torch.equal(eager[0], eager[1])
 
 
 def lidar_cfg(voxel_size: float, pts_range: list, grid_hw: tuple, with_cam: bool) -> dict:

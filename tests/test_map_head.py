@@ -146,7 +146,8 @@ def test_loss_uses_the_matched_order_as_target():
     pts[0, 7] = target
     cls = torch.full((1, 50, 3), -5.0)
     gt = gt[:1]
-    loss_cls, loss_pts, loss_dir = head._loss_single(cls, pts, [head._prepare_gt(gt, 'cpu')])
+    losses = head.loss_by_feat(dict(cls_scores=cls[None], pts_preds=pts[None]), [gt])
+    loss_cls, loss_pts, loss_dir = (losses[k] for k in ('loss_cls', 'loss_pts', 'loss_dir'))
     assert loss_pts.item() == pytest.approx(0.0, abs=1e-6)
     assert loss_dir.item() == pytest.approx(0.0, abs=1e-6)
     assert loss_cls.item() > 0
@@ -176,7 +177,8 @@ def test_point_and_direction_losses_follow_maptr():
     pts[0, 11] = normalize_pts(pred_b, PC_RANGE)
     cls = torch.full((1, 50, 3), -5.0)
     head = build_head()
-    _, loss_pts, loss_dir = head._loss_single(cls, pts, [head._prepare_gt(gt, 'cpu')])
+    losses = head.loss_by_feat(dict(cls_scores=cls[None], pts_preds=pts[None]), [gt])
+    loss_pts, loss_dir = losses['loss_pts'], losses['loss_dir']
 
     num_pos = 2
     l1_a = NUM_PTS * (0.3 / roi_w + 0.6 / roi_h)  # every point, both coordinates

@@ -162,8 +162,9 @@ def test_gradient_checkpointing_matches(mode) -> None:
     plain = bridge(mode)
     ckpt = bridge(mode, gradient_checkpointing=True)
     ckpt.load_state_dict(plain.state_dict())
-    calls = []
-    ckpt.decoder.layers[0].mlp.register_forward_pre_hook(lambda *args: calls.append(1))
+    calls = []  # tokens per call: the prompt once, then scene + map queries
+    ckpt.decoder.layers[0].mlp.register_forward_pre_hook(
+        lambda module, args: calls.append(args[0].shape[1]))
     scene = torch.randn(2, 8, 64)
     results = []
     for br in (plain, ckpt):
@@ -172,7 +173,8 @@ def test_gradient_checkpointing_matches(mode) -> None:
         out.square().mean().backward()
         grads = {n: p.grad for n, p in br.named_parameters() if p.requires_grad}
         results.append((out, x.grad, grads))
-    assert len(calls) == 2  # forward + recomputation in backward: checkpointing is active
+    # forward + recomputation in backward: checkpointing is active
+    assert calls.count(8 + NUM_Q) == 2
     torch.testing.assert_close(results[0][0], results[1][0])
     torch.testing.assert_close(results[0][1], results[1][1])
     assert results[0][2].keys() == results[1][2].keys()
@@ -234,3 +236,81 @@ def test_state_dict_excludes_reloadable_llm(llm_dir, mode) -> None:
 def test_config_llm_weights_stay_in_state_dict() -> None:
     state = bridge('frozen').state_dict()
     assert 'llm.model.layers.0.self_attn.q_proj.weight' in state
+
+
+def uncached(br: LLMBridge, scene: torch.Tensor) -> torch.Tensor:
+    """The bridge's output with ``[prompt, scene, queries]`` run as one sequence."""
+    decoder = br.decoder
+    seq_scene = br.scene_proj(scene)
+    prompt = decoder.get_input_embeddings()(br.prompt_ids).expand(scene.shape[0], -1, -1)
+    queries = br.map_queries.expand(scene.shape[0], -1, -1)
+    seq = torch.cat([prompt, seq_scene.to(prompt.dtype), queries.to(prompt.dtype)], dim=1)
+    mask = None
+    if br.map_query_attention == 'bidirectional':
+        mask = br.map_query_mask(seq.shape[0], seq.shape[1], NUM_Q, prompt.dtype, seq.device)
+    hidden = decoder(inputs_embeds=seq, attention_mask=mask, use_cache=False).last_hidden_state
+    return br.out_proj(hidden[:, -NUM_Q:].to(br.out_proj.weight.dtype))
+
+
+def _outputs_and_grads(br: nn.Module, fn, scene: torch.Tensor, weights: torch.Tensor):
+    x = scene.clone().requires_grad_()
+    out = fn(br, x)
+    params = [p for p in br.parameters() if p.requires_grad]
+    # a random projection: the squared norm of RMS-normalised states has ~zero gradient
+    grads = torch.autograd.grad((out * weights).sum(), [x] + params)
+    return out, grads
+
+
+@pytest.mark.parametrize('checkpointing', [False, True])
+@pytest.mark.parametrize('attention', ['causal', 'bidirectional'])
+@pytest.mark.parametrize('mode', ['frozen', 'lora', 'full'])
+def test_prompt_cache_matches_the_full_sequence(mode, attention, checkpointing) -> None:
+    torch.manual_seed(0)
+    br = bridge(mode, map_query_attention=attention, gradient_checkpointing=checkpointing,
+                prompt='describe the map')
+    with torch.no_grad():  # make the adapters matter (peft initialises lora_B to zero)
+        for name, p in br.named_parameters():
+            if 'lora_B' in name:
+                p.normal_(std=0.1)
+    br.train()
+    scene, weights = torch.randn(3, 8, 64), torch.randn(3, NUM_Q, EMBED)
+    for _ in range(2):  # the second forward of frozen mode reads the kept prompt states
+        out, grads = _outputs_and_grads(br, lambda m, x: m(x), scene, weights)
+        ref, ref_grads = _outputs_and_grads(br, uncached, scene, weights)
+        torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+        for grad, ref_grad in zip(grads, ref_grads):
+            torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('mode', ['frozen', 'lora'])
+def test_prompt_runs_once_at_batch_one(mode) -> None:
+    br = bridge(mode, prompt='describe the map')
+    seen = []
+    br.decoder.layers[0].register_forward_pre_hook(
+        lambda module, args: seen.append(tuple(args[0].shape[:2])))
+    for _ in range(2):
+        br(torch.randn(3, 8, 64))
+    prompt, rest = (1, br.prompt_ids.numel()), (3, 8 + NUM_Q)
+    # frozen: computed once and kept; lora / full: once per forward, not once per sample
+    assert seen == ([prompt, rest, rest] if mode == 'frozen' else [prompt, rest] * 2)
+
+
+def test_frozen_prompt_cache_is_not_saved_and_follows_dtype_and_weights() -> None:
+    torch.manual_seed(0)
+    br = bridge('frozen', prompt='describe the map').eval()
+    scene = torch.randn(2, 8, 64)
+    with torch.no_grad():
+        br(scene)
+        assert br._frozen_prompt is not None
+        assert not [k for k in br.state_dict() if 'prompt' in k or 'frozen' in k]
+
+        br.double()  # another dtype: rebuilt, not mixed with the fp32 states
+        torch.testing.assert_close(br(scene.double()), uncached(br, scene.double()))
+        assert br._frozen_prompt[1][0][0].dtype == torch.float64
+        br.float()
+
+        other = bridge('frozen', prompt='describe the map')  # other random LLM weights
+        state = other.state_dict()
+        br.load_state_dict(state)
+        torch.testing.assert_close(br(scene), uncached(br, scene), rtol=0, atol=1e-5)
+        torch.testing.assert_close(br(scene), other.eval()(scene), rtol=0, atol=1e-5)

@@ -11,7 +11,11 @@ from mmengine.config import Config
 from mmengine.fileio import LocalBackend
 from mmengine.runner import Runner
 
-from projects.MapLLaVA.mapllava.engine import CheckpointMismatchError, MapRunner
+from projects.MapLLaVA.mapllava.engine import (
+    CheckpointMismatchError,
+    CheckpointResumeError,
+    MapRunner,
+)
 from projects.MapLLaVA.mapllava.engine.cli import build_runner
 from projects.MapLLaVA.mapllava.hooks import MapCheckpointHook
 
@@ -148,6 +152,82 @@ def test_resume_is_exact(tmp_path):
     ref, got = straight.model.state_dict(), second.model.state_dict()
     for key in ref:
         torch.testing.assert_close(got[key], ref[key], rtol=1e-6, atol=1e-7)
+
+
+def _weights(path):
+    return torch.load(path, weights_only=True)['state_dict']
+
+
+def _differing(path, ref_path):
+    """Names of the tensors that are not bit-identical between two checkpoints."""
+    got, ref = _weights(path), _weights(ref_path)
+    assert got.keys() == ref.keys()
+    return [key for key in ref if not torch.equal(got[key], ref[key])]
+
+
+def test_resume_is_exact_with_validation_and_best_model_update(tmp_path):
+    """Dropout + input jitter, validation after every epoch; 2 + 1 + 1 epochs == 4.
+
+    Epoch 2 does not improve best_model.pth, so its checkpoint is the one written before
+    validation; the resumed epoch 3 improves it, which re-saves checkpoint_epoch_3.pth
+    from inside validation, and the last run resumes from that file.
+    """
+    scores = [0.5, 0.4, 0.6, 0.3]
+    straight = _runner(tmp_path, 'straight', max_epochs=4, stochastic=True,
+                       val_evaluator=dict(type='ToyScriptedMetric', scores=scores))
+    straight.train()
+    for epochs, run_scores in [(2, scores[:2]), (3, scores[2:3]), (4, scores[3:])]:
+        split = _runner(tmp_path, 'split', max_epochs=epochs, stochastic=True,
+                        resume=epochs > 2,
+                        val_evaluator=dict(type='ToyScriptedMetric', scores=run_scores))
+        split.train()
+    ref_dir, wd = straight.work_dir, split.work_dir
+    assert split.iter == 16
+    best = torch.load(osp.join(wd, 'best_model.pth'), weights_only=True)
+    assert best['meta']['epoch'] == 3 and best['meta']['best_score'] == 0.6
+    assert _differing(osp.join(wd, 'best_model.pth'), osp.join(ref_dir, 'best_model.pth')) == []
+    final = osp.join(wd, 'final_model.pth')
+    assert len(_weights(final)) == 7
+    assert _differing(final, osp.join(ref_dir, 'final_model.pth')) == []  # 0 of 7 differ
+
+
+ITER_CHECKPOINTS = dict(checkpoint=dict(type='MapCheckpointHook', by_epoch=False, interval=1,
+                                         max_keep_ckpts=-1),
+                        logger=dict(type='LoggerHook', interval=1))
+
+
+def test_resume_iteration_checkpoint_mid_epoch(tmp_path):
+    """4 iterations per epoch; resuming iteration 5 (1 batch into epoch 2) or iteration 4
+    (epoch 1's batches done, its end-of-epoch hooks and validation not) ends like the
+    uninterrupted run: iteration 8, identical weights."""
+    straight = _runner(tmp_path, 'straight', max_epochs=2, stochastic=True,
+                       default_hooks=ITER_CHECKPOINTS)
+    straight.train()
+    ref = osp.join(straight.work_dir, 'final_model.pth')
+    for it in (5, 4):
+        resumed = _runner(tmp_path, f'from{it}', max_epochs=2, stochastic=True, resume=True,
+                          load_from=osp.join(straight.work_dir, f'checkpoint_iter_{it}.pth'),
+                          default_hooks=ITER_CHECKPOINTS)
+        resumed.train()
+        final = osp.join(resumed.work_dir, 'final_model.pth')
+        assert resumed.iter == 8 and torch.load(final, weights_only=True)['meta']['iter'] == 8
+        assert _differing(final, ref) == [], it
+
+
+def test_plain_epoch_loop_refuses_mid_epoch_checkpoint(tmp_path):
+    """mmengine's EpochBasedTrainLoop would train epoch 2 again from its first batch."""
+    first = _runner(tmp_path, 'first', default_hooks=ITER_CHECKPOINTS,
+                    train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=1))
+    first.train()
+    ckpt = osp.join(first.work_dir, 'checkpoint_iter_3.pth')
+    resumed = _runner(tmp_path, 'again', resume=True, load_from=ckpt,
+                      train_cfg=dict(type='EpochBasedTrainLoop', max_epochs=2))
+    with pytest.raises(CheckpointResumeError) as err:
+        resumed.train()
+    msg = str(err.value)
+    assert ckpt in msg and 'MapEpochBasedTrainLoop' in msg and 'by_epoch' in msg
+    assert '\n' not in msg
+    assert resumed.iter == 3  # refused before training anything
 
 
 def test_mismatched_checkpoint_names_keys(tmp_path):

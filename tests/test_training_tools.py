@@ -4,16 +4,22 @@ import importlib.util
 import os
 import os.path as osp
 import pickle
+import re
+import shutil
 import socket
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import torch
 from _toy_training import REPO_ROOT, write_toy_config
 from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
 
+from projects.MapLLaVA.mapllava.datasets import NuScenesMapDataset
+from projects.MapLLaVA.mapllava.datasets.map_gt import dump_atomic, make_map_annos
 from projects.MapLLaVA.mapllava.engine.cli import run_cli
 from projects.MapLLaVA.mapllava.engine.config_checks import (
     ConfigCheckError,
@@ -21,6 +27,7 @@ from projects.MapLLaVA.mapllava.engine.config_checks import (
     resolve_pretrained,
     validate_cfg_options,
 )
+from projects.MapLLaVA.mapllava.transforms import LoadMultiViewImages
 
 
 def _tool(name):
@@ -120,6 +127,20 @@ def test_train_missing_resume_checkpoint(tmp_path, capsys):
     cfg = write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work'))
     err = _cli_error(capsys, train_tool.main, [cfg, '--resume', str(tmp_path / 'no.pth')])
     assert 'no.pth' in err
+
+
+def test_train_refuses_to_resume_weights_only_file(toy, tmp_path, capsys):
+    """best_model.pth and a bare state dict would restart the optimizer and lr schedule."""
+    bare = str(tmp_path / 'bare.pth')
+    torch.save(dict(state_dict=torch.load(toy['ckpt'], weights_only=True)['state_dict']), bare)
+    for weights in (osp.join(toy['work_dir'], 'best_model.pth'), bare):
+        work = str(tmp_path / ('work_' + osp.basename(weights)))
+        err = _cli_error(capsys, train_tool.main,
+                         [toy['cfg'], '--resume', weights, '--work-dir', work])
+        assert err.count('\n') == 1 and 'Traceback' not in err, err
+        assert f'resume from {weights}: it holds weights only' in err, err
+        assert f'load_from={weights}' in err, err
+        assert not osp.exists(osp.join(work, 'final_model.pth'))
 
 
 def test_test_tool_rejects_mismatched_checkpoint(toy, tmp_path, capsys):
@@ -226,3 +247,124 @@ def test_torchrun_two_cpu_processes_end_identical(tmp_path):
     # 8 samples over 2 ranks x batch 2 -> 2 iterations per epoch
     final = torch.load(work / 'final_model.pth', weights_only=True)
     assert final['meta']['iter'] == 4
+
+
+# ------------------------------------------- data faults, config typos, divergence (issue 11)
+def _jpeg() -> bytes:
+    return cv2.imencode('.jpg', np.full((9, 16, 3), 128, np.uint8))[1].tobytes()
+
+
+def _write_samples(root: str, samples: dict) -> None:
+    """``infos.pkl`` under ``root`` for ``samples`` = ``{token: {relative path: bytes}}``
+    (``None``: the file is referenced but not written); ``*.jpg`` are cameras
+    (``samples/<CAM>/...``), the ``*.bin`` the LiDAR sweep."""
+    entries = []
+    for token, files in samples.items():
+        for rel, data in files.items():
+            if data is not None:
+                os.makedirs(osp.dirname(osp.join(root, rel)), exist_ok=True)
+                with open(osp.join(root, rel), 'wb') as f:
+                    f.write(data)
+        cams = {rel.split('/')[1]: dict(img_path=rel, cam2img=np.eye(3), lidar2cam=np.eye(4),
+                                        lidar2img=np.eye(4), cam2ego=np.eye(4))
+                for rel in files if rel.endswith('.jpg')}
+        lidar = [rel for rel in files if rel.endswith('.bin')][0]
+        entries.append(dict(token=token, images=cams, lidar_sweeps=[],
+                            lidar_points=dict(lidar_path=lidar, num_pts_feats=5),
+                            map_annos=make_map_annos([], [])))
+    os.makedirs(osp.join(root, 'v1.0-mini'), exist_ok=True)
+    dump_atomic(dict(metainfo=dict(version='v1.0-mini'), data_list=entries),
+                osp.join(root, 'infos.pkl'))
+
+
+def test_preflight_checks_every_sample_file(tmp_path, capsys):
+    root = str(tmp_path / 'nus')
+    jpg = _jpeg()
+    _write_samples(root, {
+        'good': {'samples/CAM_FRONT/g.jpg': jpg, 'samples/CAM_BACK/g.jpg': jpg,
+                 'samples/LIDAR_TOP/g.bin': bytes(2 * 5 * 4)},
+        'bad': {'samples/CAM_FRONT/t.jpg': jpg[:len(jpg) // 2], 'samples/CAM_BACK/m.jpg': None,
+                'samples/LIDAR_TOP/b.bin': bytes(30)}})
+    pipeline = [dict(type='LoadPointsFromFile', coord_type='LIDAR', load_dim=5, use_dim=5),
+                dict(type='LoadMultiViewImages')]
+    loader = dict(batch_size=1, num_workers=0, collate_fn=dict(type='pseudo_collate'),
+                  sampler=dict(type='DefaultSampler', shuffle=False),
+                  dataset=dict(type='NuScenesMapDataset', data_root=root,
+                               ann_file='infos.pkl', pipeline=pipeline))
+    cfg = write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work'), train_dataloader=loader)
+    preflight = _tool('preflight')
+    for flags, truncated in (([], 'truncated'), (['--decode-images'], 'does not decode')):
+        assert preflight.main([cfg, *flags]) == 1
+        out = capsys.readouterr().out
+        failed = [line for line in out.splitlines() if line.startswith('FAIL')]
+        assert {line.split()[1] for line in failed} == {'files'}, out
+        for rel, why in (('samples/CAM_FRONT/t.jpg', truncated),
+                         ('samples/CAM_BACK/m.jpg', 'missing'),
+                         ('samples/LIDAR_TOP/b.bin', '30 bytes is not a whole number')):
+            assert any(f'sample bad: {osp.join(root, rel)}: {why}' in line
+                       for line in failed), (rel, out)
+        assert '3 of 6 files of 2 samples usable' in failed[-1] and '/g.' not in out
+
+
+def test_bad_image_in_dataloader_worker_is_a_one_line_user_error(tmp_path, capsys):
+    from torch.utils.data import DataLoader, Subset
+    root = str(tmp_path)
+    _write_samples(root, {
+        'tok_corrupt': {'samples/CAM_FRONT/c.jpg': b'\xff\xd8 not a jpeg',
+                        'samples/LIDAR_TOP/c.bin': None},
+        'tok_missing': {'samples/CAM_FRONT/m.jpg': None, 'samples/LIDAR_TOP/m.bin': None}})
+    dataset = NuScenesMapDataset(ann_file='infos.pkl', data_root=root, test_mode=True,
+                                 pipeline=[LoadMultiViewImages()])
+    for i, (token, rel) in enumerate([('tok_corrupt', 'c.jpg'), ('tok_missing', 'm.jpg')]):
+        loader = DataLoader(Subset(dataset, [i]), num_workers=1, collate_fn=pseudo_collate)
+        err = _cli_error(capsys, lambda _: next(iter(loader)), None)
+        assert err.count('\n') == 1 and 'Traceback' not in err and 'worker' not in err, err
+        assert osp.join(root, 'samples/CAM_FRONT', rel) in err and token in err, err
+
+
+def test_runtime_dict_keys_are_checked_against_their_consumer(tmp_path, capsys):
+    cfg = Config.fromfile(write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work')))
+    for bad, hint in [('auto_scale_lr.enabel', 'Runner.scale_lr (did you mean enable?)'),
+                      ('checkpoint_check.allow_mising', 'did you mean allow_missing?'),
+                      ('env_cfg.cudnn_benchmrk', 'did you mean cudnn_benchmark?'),
+                      ('train_cfg.max_epoch', 'EpochBasedTrainLoop (did you mean max_epochs'),
+                      ('default_hooks.checkpoint.intervall', 'did you mean interval'),
+                      ('+randomness.sed', 'Runner.set_randomness (did you mean seed')]:
+        with pytest.raises(ConfigCheckError, match=re.escape(hint)) as err:
+            validate_cfg_options(cfg, {bad: 1})
+        assert bad.lstrip('+') in str(err.value)
+    # keys the consumer takes pass, present in the config or not
+    validate_cfg_options(cfg, {'default_hooks.checkpoint.max_keep_ckpts': 2,
+                               'env_cfg.resource_limit': 4096, 'train_cfg.val_begin': 2})
+    err = _cli_error(capsys, train_tool.main, [cfg.filename, '--cfg-options',
+                                               'train_cfg.max_epoch=1'])
+    assert 'did you mean max_epochs?' in err and not osp.exists(tmp_path / 'work')
+
+    # the same typos written in a config file: train and preflight refuse it
+    typos = write_toy_config(tmp_path / 'typos.py', str(tmp_path / 'work'),
+                             env_cfg=dict(cudnn_benchmrk=True),
+                             auto_scale_lr=dict(enabel=True, base_batch_size=2))
+    err = _cli_error(capsys, train_tool.main, [typos])
+    assert 'env_cfg.cudnn_benchmrk' in err and 'auto_scale_lr.enabel' in err, err
+    assert _tool('preflight').main([typos]) == 2
+    out = capsys.readouterr().out
+    assert 'FAIL  config' in out and 'did you mean cudnn_benchmark?' in out, out
+    assert _tool('preflight').main([cfg.filename, '--cfg-options',
+                                    'checkpoint_check.allow_mising=x']) == 2
+    assert 'did you mean allow_missing?' in capsys.readouterr().out
+
+
+def test_divergence_stops_before_any_checkpoint_is_written(toy, tmp_path, capsys):
+    work = str(tmp_path / 'work')
+    shutil.copytree(toy['work_dir'], work)
+    saved = {name: open(osp.join(work, name), 'rb').read()
+             for name in os.listdir(work) if name.endswith('.pth')}
+    assert {'best_model.pth', 'checkpoint_epoch_1.pth', 'final_model.pth'} <= set(saved)
+    err = _cli_error(capsys, train_tool.main, [
+        toy['cfg'], '--work-dir', work, '--cfg-options', 'optim_wrapper.optimizer.lr=1e20',
+        f'load_from={osp.join(work, "checkpoint_epoch_1.pth")}'])
+    assert err.count('\n') == 1 and 'training diverged at iteration 2 ' in err, err
+    assert 'checkpoint_epoch_1.pth' in err and 'matching cost' not in err
+    now = {name: open(osp.join(work, name), 'rb').read()
+           for name in os.listdir(work) if name.endswith('.pth')}
+    assert now == saved  # nothing new, nothing overwritten: best_model.pth byte-identical

@@ -1,9 +1,10 @@
 """Score saved map predictions with the chamfer-distance mAP (MapTR protocol), offline.
 
-    python tools/eval_map.py PREDS.pkl --ann-file data/nuscenes/nuscenes_map_infos_val.pkl \
+    python tools/eval_map.py PREDS.json --ann-file data/nuscenes/nuscenes_map_infos_val.pkl \
         [--classes divider ped_crossing boundary] [--thresholds 0.5 1.0 1.5] [--out m.json]
 
-PREDS (.pkl or .json) is either our format (docs/evaluation.md)::
+PREDS (.json, or .pkl holding only builtins and numpy arrays) is either our format
+(docs/evaluation.md)::
 
     dict(meta=dict(classes=[...]),           # names of the prediction labels
          results=[dict(token=str, vectors=[(Ni, 2)] or (K, P, 2), scores=(K,), labels=(K,))])
@@ -27,15 +28,18 @@ if REPO_ROOT not in sys.path:
 import mmengine  # noqa: E402
 import numpy as np  # noqa: E402
 
+from projects.MapLLaVA.mapllava.engine import cli  # noqa: E402
+from projects.MapLLaVA.mapllava.engine.dump_predictions import FORMAT_NAME  # noqa: E402
 from projects.MapLLaVA.mapllava.evaluation.chamfer_map_metric import (  # noqa: E402
     MAP_CLASSES,
     evaluate_map_predictions,
 )
+from projects.MapLLaVA.mapllava.utils.safe_pickle import load_data_file  # noqa: E402
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Chamfer-distance mAP of saved map predictions')
-    parser.add_argument('preds', help='predictions .pkl or .json (format: docs/evaluation.md)')
+    parser.add_argument('preds', help='predictions .json or .pkl (format: docs/evaluation.md)')
     parser.add_argument('--ann-file', required=True, help='info .pkl with the GT map_annos')
     parser.add_argument('--classes', nargs='+', default=list(MAP_CLASSES),
                         help='classes to evaluate, by name')
@@ -49,7 +53,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def load_predictions(path: str, classes: Sequence[str]) -> tuple[list[dict], tuple[str, ...]]:
     """Read a predictions file into ``[dict(token, vectors, scores, labels)]`` + label names."""
-    data = mmengine.load(path)
+    data = load_data_file(path)  # a .pkl may hold only builtins and numpy arrays
     if not isinstance(data, dict) or 'results' not in data:
         raise ValueError(f'{path}: expected a dict with a "results" key (docs/evaluation.md)')
     meta = data.get('meta') or {}
@@ -59,14 +63,20 @@ def load_predictions(path: str, classes: Sequence[str]) -> tuple[list[dict], tup
         results = [dict(entry, sample_token=tok) for tok, entry in results.items()]
     if results and _is_maptr(results[0]):
         return _from_maptr(results, names or tuple(classes))
+    ours = isinstance(meta, dict) and meta.get('format') == FORMAT_NAME
     out = []
     for i, res in enumerate(results):
+        if ours:  # json of tools/test.py --out: the pickle's dtypes again
+            res = dict(res, **{k: np.asarray(res[k], dt) for k, dt in _OUR_DTYPES if k in res})
         if 'vectors' not in res and 'polylines' in res:
             res = dict(res, vectors=res['polylines'])
         if 'token' not in res:
             raise ValueError(f'{path}: results[{i}] has no "token" (keys: {sorted(res)})')
         out.append(res)
     return out, names or tuple(classes)
+
+
+_OUR_DTYPES = (('polylines', np.float32), ('scores', np.float32), ('labels', np.int64))
 
 
 def _is_maptr(entry: Any) -> bool:
@@ -109,4 +119,4 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
 
 
 if __name__ == '__main__':
-    main()
+    cli.run_cli(main)

@@ -1,16 +1,22 @@
 """Check that a config can train here before spending GPU hours on it.
 
-    python tools/preflight.py CONFIG [--work-dir DIR] [--cfg-options k=v ...]
+    python tools/preflight.py CONFIG [--work-dir DIR] [--decode-images] [--workers N]
+        [--cfg-options k=v ...]
 
 One ``PASS``/``FAIL`` line per item; exit status 1 if anything failed (2 for a config
 that cannot even be read). Items:
 
-* ``config``: the file loads, ``custom_imports`` import, ``--cfg-options`` keys exist;
+* ``config``: the file loads, ``custom_imports`` import, ``--cfg-options`` keys exist, and
+  the keys of the runtime dicts (``train_cfg``, ``env_cfg``, ``default_hooks.<name>`` ...)
+  are ones their consumer reads, in the file and in the overrides;
 * ``registry``: every ``type=`` of the model, datasets, pipelines, evaluators, hooks,
   optimizer, schedulers, loops and visualizer resolves in mmdet3d's registries;
 * ``data_root`` / ``version``: the dataroot exists with the ``v1.0-*`` folder the infos name;
 * ``infos``: each ``ann_file`` exists, loads, has a non-empty ``data_list`` whose entries
   carry ``map_annos``;
+* ``files``: every file the dataloaders' pipelines will read (camera images, LiDAR points)
+  exists; an image's header decodes and it ends with its end-of-image marker (full decode
+  with ``--decode-images``), a point file holds whole points (threads: ``--workers``);
 * ``pretrained``: LLM / tokenizer / BLIP-2 references resolve offline (a folder with
   ``config.json`` or a hub id already in the local HF cache); ``init_cfg`` ``Pretrained``
   checkpoints exist (files) or are cached / downloadable (URLs, ``torchvision://``);
@@ -22,26 +28,39 @@ that cannot even be read). Items:
   (default 20 GB for GPU configs, 1 GB otherwise).
 """
 import argparse
+import functools
 import os
 import os.path as osp
-import pickle
 import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 from mmengine.config import DictAction  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
+from projects.MapLLaVA.mapllava.datasets.sample_files import (  # noqa: E402
+    check_file,
+    pipeline_reads,
+    sample_files,
+)
 from projects.MapLLaVA.mapllava.engine import cli  # noqa: E402
 from projects.MapLLaVA.mapllava.engine.config_checks import (  # noqa: E402
+    _leaf_datasets,
     ann_files,
     pretrained_refs,
     resolve_pretrained,
 )
+from projects.MapLLaVA.mapllava.utils.safe_pickle import (  # noqa: E402
+    UnsafePickleError,
+    load_data_file,
+)
 
 GB = 1024 ** 3
+MAX_LISTED_FILES = 10
 
 
 class Report:
@@ -109,8 +128,7 @@ def check_registry(cfg, report: Report) -> None:
 
 
 def _load_info(path: str) -> tuple:
-    with open(path, 'rb') as f:
-        infos = pickle.load(f)
+    infos = load_data_file(path)  # a .pkl may hold only builtins and numpy arrays
     data = infos.get('data_list', []) if isinstance(infos, dict) else []
     meta = infos.get('metainfo', {}) if isinstance(infos, dict) else {}
     return data, meta
@@ -131,6 +149,9 @@ def check_data(cfg, report: Report) -> None:
             continue
         try:
             data, meta = _load_info(path)
+        except UnsafePickleError as exc:  # names the file and the global
+            report.add(False, 'infos', str(exc))
+            continue
         except Exception as exc:  # unreadable pickle of any kind
             report.add(False, 'infos', f'{path} cannot be read: {exc}')
             continue
@@ -142,6 +163,67 @@ def check_data(cfg, report: Report) -> None:
     for folder in sorted(versions):
         report.add(osp.isdir(folder), 'version',
                    f'{folder} ' + ('present' if osp.isdir(folder) else 'missing'))
+
+
+def _file_datasets(cfg) -> list:
+    """``(where, dataset config, reads)`` of each distinct dataset whose pipeline reads files."""
+    seen, found = set(), []
+    for split in ('train', 'val', 'test'):
+        loader = cfg.get(f'{split}_dataloader')
+        for ds in _leaf_datasets(loader.get('dataset') if isinstance(loader, dict) else None):
+            reads = pipeline_reads(ds.get('pipeline'))
+            key = repr([ds.get(k) for k in ('type', 'data_root', 'ann_file', 'data_prefix')]
+                       + sorted(reads))
+            if reads and key not in seen:
+                seen.add(key)
+                found.append((f'{split}_dataloader.dataset', ds, reads))
+    return found
+
+
+def _check_samples(jobs: list, reads: dict, decode: bool, workers: int, desc: str) -> list:
+    """``(token, path, problem)`` over ``jobs`` = ``[(token, [(kind, path)])]``, in threads
+    (the time goes into opening files), with a progress bar on stderr."""
+    def check(job):
+        token, files = job
+        return [(token, path, why) for kind, path in files
+                for why in [check_file(kind, path, reads[kind], decode)] if why]
+    problems = []
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(jobs), desc=desc, unit='sample',
+                                                   file=sys.stderr, mininterval=0.5) as bar:
+        for found in pool.map(check, jobs):
+            problems += found
+            bar.update()
+    return problems
+
+
+def check_files(cfg, report: Report, decode: bool = False, workers: int = 8) -> None:
+    datasets = _file_datasets(cfg)
+    if not datasets:
+        report.add(True, 'files', 'no pipeline step reads sample files')
+    from mmdet3d.registry import DATASETS
+    done = set()  # a file shared by datasets (val = test) is checked once
+    for where, ds_cfg, reads in datasets:
+        try:  # the dataset itself joins data_root / data_prefix to the info's paths
+            dataset = DATASETS.build(dict(ds_cfg, pipeline=[], serialize_data=False))
+        except Exception as exc:  # missing or unreadable infos: the infos check says which
+            report.add(False, 'files', f'{where}: not built, files not checked ({exc})')
+            continue
+        jobs = []
+        for i in range(len(dataset)):
+            info = dataset.get_data_info(i)
+            files = [(kind, path) for kind, path in sample_files(info, reads) if path not in done]
+            done.update(path for _, path in files)
+            jobs.append((info.get('token', i), files))
+        problems = _check_samples(jobs, reads, decode, workers, where.split('.')[0])
+        for token, path, why in problems[:MAX_LISTED_FILES]:
+            report.add(False, 'files', f'sample {token}: {path}: {why}')
+        count = sum(len(files) for _, files in jobs)
+        more = len(problems) - MAX_LISTED_FILES
+        report.add(not problems, 'files',
+                   f'{dataset.ann_file}: {count - len(problems)} of {count} files of '
+                   f'{len(jobs)} samples usable ({"/".join(sorted(reads))}, '
+                   + ('full decode)' if decode else 'headers and sizes)')
+                   + (f'; {more} more bad files not listed' if more > 0 else ''))
 
 
 def _init_checkpoints(node, where: str = 'model'):
@@ -233,6 +315,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description='Check a config before training')
     parser.add_argument('config')
     parser.add_argument('--work-dir', help='where checkpoints will go (disk check)')
+    parser.add_argument('--decode-images', action='store_true',
+                        help='decode every image in full (slower) instead of its header')
+    parser.add_argument('--workers', type=int, default=8, help='threads checking files')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction)
     args = parser.parse_args(argv)
     report = Report()
@@ -242,7 +327,8 @@ def main(argv=None) -> int:
         report.add(False, 'config', f'{args.config}: {exc}')
         return 2
     report.add(True, 'config', f'{args.config} loads, custom_imports import')
-    for check in (check_registry, check_data, check_pretrained, check_gpu, check_disk):
+    files = functools.partial(check_files, decode=args.decode_images, workers=args.workers)
+    for check in (check_registry, check_data, files, check_pretrained, check_gpu, check_disk):
         check(cfg, report)
     failed = ', '.join(dict.fromkeys(report.failed))
     print(f'preflight: {"FAILED: " + failed if failed else "all passed"}')

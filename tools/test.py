@@ -1,7 +1,7 @@
 """Test (and evaluate) a MapLLaVA checkpoint: the command line of mmdet3d 1.4's test tool.
 
-``--out preds.pkl`` also dumps the predictions in the offline evaluator's format
-(``DumpMapPredictions``); ``--show-dir DIR`` draws BEV and camera pictures per sample
+``--out preds.json`` (or ``preds.pkl``) also dumps the predictions in the offline evaluator's
+format (``DumpMapPredictions``); ``--show-dir DIR`` draws BEV and camera pictures per sample
 (``MapVisualizationHook``).
 """
 import argparse
@@ -27,7 +27,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='folder for the evaluation logs')
-    parser.add_argument('--out', help='dump predictions to this .pkl (tools/eval_map.py input)')
+    parser.add_argument('--out', help='dump predictions to this .json or .pkl '
+                        '(tools/eval_map.py input)')
     parser.add_argument('--show-dir', help='write <token>_bev.png and <token>_cams.jpg here')
     parser.add_argument('--score-thr', type=float, default=0.3,
                         help='draw predictions scoring at least this')

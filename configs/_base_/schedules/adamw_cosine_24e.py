@@ -20,7 +20,9 @@ param_scheduler = [
          begin=0, end=max_epochs, convert_to_iter_based=True),
 ]
 
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+# MapEpochBasedTrainLoop: mmengine's epoch loop that also resumes iteration checkpoints
+# (default_hooks.checkpoint.by_epoch=False) mid-epoch instead of replaying the epoch
+train_cfg = dict(type='MapEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os.path as osp
 from collections.abc import Sequence
 
-import mmengine
 import numpy as np
 from mmdet3d.registry import DATASETS
 from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 
+from ..utils.safe_pickle import load_data_file
 from .map_gt.vectorized_local_map import MAP_CLASSES
 
 
@@ -31,7 +31,8 @@ class NuScenesMapDataset(BaseDataset):
     infos built ``--with-centerline`` serve 3-class and 4-class configs alike.
 
     Args:
-        ann_file: info ``.pkl`` (relative to ``data_root`` or absolute).
+        ann_file: info ``.pkl`` or ``.json`` (relative to ``data_root`` or absolute); a
+            ``.pkl`` naming any global but builtins and numpy arrays is refused.
         data_prefix: folders joined before the info's relative paths: ``img`` (camera
             images), ``pts`` (LiDAR), ``sweeps``; each is relative to ``data_root``.
         **kwargs: the rest of ``BaseDataset``'s arguments (``pipeline``, ``test_mode``, ...).
@@ -50,7 +51,7 @@ class NuScenesMapDataset(BaseDataset):
         if not osp.isfile(self.ann_file):
             raise FileNotFoundError(f'info file not found: {self.ann_file} '
                                     '(create it with tools/create_data.py nuscenes ...)')
-        infos = mmengine.load(self.ann_file)
+        infos = load_data_file(self.ann_file)  # .pkl: builtins and numpy arrays only
         if not isinstance(infos, dict) or not {'metainfo', 'data_list'} <= set(infos):
             raise ValueError(f'{self.ann_file}: expected dict(metainfo=..., data_list=[...])')
         self.info_classes: tuple[str, ...] = tuple(infos['metainfo'].get('classes', MAP_CLASSES))

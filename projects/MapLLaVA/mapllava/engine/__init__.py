@@ -1,7 +1,12 @@
-"""Training / testing infrastructure: the runner, the prediction dump and input checks."""
+"""Training / testing infrastructure: the runners, the FSDP2 strategy, the prediction dump and
+input checks."""
 from .config_checks import ConfigCheckError, validate_cfg_options
 from .dump_predictions import DumpMapPredictions
-from .map_runner import CheckpointMismatchError, MapRunner
+from .fsdp2_strategy import FSDP2Strategy
+from .map_flexible_runner import MapFlexibleRunner
+from .map_runner import CheckpointMismatchError, CheckpointResumeError, MapRunner
+from .map_train_loop import MapEpochBasedTrainLoop
 
-__all__ = ['MapRunner', 'CheckpointMismatchError', 'DumpMapPredictions', 'ConfigCheckError',
-           'validate_cfg_options']
+__all__ = ['MapRunner', 'MapFlexibleRunner', 'FSDP2Strategy', 'MapEpochBasedTrainLoop',
+           'CheckpointMismatchError', 'CheckpointResumeError', 'DumpMapPredictions',
+           'ConfigCheckError', 'validate_cfg_options']

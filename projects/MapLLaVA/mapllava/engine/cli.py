@@ -15,10 +15,14 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from mmengine.runner import Runner
 
-from .config_checks import ConfigCheckError, validate_cfg_options
+from ..hooks.divergence_check_hook import TrainingDivergedError
+from ..transforms.loading import CorruptFileError
+from ..utils.safe_pickle import UnsafePickleError
+from .config_checks import ConfigCheckError, check_config_keys, validate_cfg_options
 from .map_runner import CheckpointMismatchError
 
-USER_ERRORS = (ConfigCheckError, CheckpointMismatchError, FileNotFoundError)
+USER_ERRORS = (ConfigCheckError, CheckpointMismatchError, FileNotFoundError, UnsafePickleError,
+               CorruptFileError, TrainingDivergedError)
 
 
 def load_config(path: str, cfg_options: Optional[dict], launcher: str,
@@ -28,6 +32,7 @@ def load_config(path: str, cfg_options: Optional[dict], launcher: str,
         raise ConfigCheckError(f'config file not found: {path}')
     cfg = Config.fromfile(path)
     cfg.merge_from_dict(validate_cfg_options(cfg, cfg_options))
+    check_config_keys(cfg, path + (' with its --cfg-options' if cfg_options else ''))
     cfg.launcher = launcher
     if work_dir is not None:
         cfg.work_dir = work_dir
@@ -76,5 +81,15 @@ def run_cli(main: Callable[[], None]) -> None:
     try:
         main()
     except USER_ERRORS as exc:
-        print(f'error: {exc}', file=sys.stderr)
+        print(f'error: {_user_message(exc)}', file=sys.stderr)
         sys.exit(2)
+
+
+def _user_message(exc: Exception) -> str:
+    """The message of ``exc``; for one re-raised from a DataLoader worker (whose message is
+    the worker's whole traceback) the original message, from the traceback's last line."""
+    text = str(exc)
+    if not (text.startswith('Caught ') and '\nOriginal Traceback' in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    return last.split(': ', 1)[1] if ': ' in last else last

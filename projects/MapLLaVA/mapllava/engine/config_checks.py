@@ -16,9 +16,15 @@ already exist in the config, component by component (list indices included), exc
 Top-level names that only the config file itself reads (``data_root``, ``max_epochs``) are
 refused as well: mmengine has already copied their values where they are used, so changing
 them would silently do nothing; the error lists those places.
+
+Keys of the runtime dicts whose consumer is known (``train_cfg`` -> its loop class,
+``default_hooks.<name>`` -> the hook's ``__init__``, ``env_cfg`` -> ``Runner.setup_env`` ...,
+see :mod:`.config_keys`) must be keys that consumer reads, with or without ``+``, in the
+overrides and (:func:`check_config_keys`) in the config file itself.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import inspect
 import os.path as osp
@@ -28,7 +34,9 @@ from huggingface_hub import try_to_load_from_cache
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 from mmengine.config import Config
-from mmengine.runner import Runner
+from mmengine.runner import FlexibleRunner, Runner
+
+from .config_keys import consumer_keys, unread_keys
 
 OPEN_CONFIG_PATHS = (
     'env_cfg', 'randomness', 'optim_wrapper', 'optim_wrapper.paramwise_cfg',
@@ -47,7 +55,10 @@ class ConfigCheckError(ValueError):
 
 
 def _top_level_names() -> set:
-    return set(inspect.signature(Runner.__init__).parameters) - {'self'} | set(_EXTRA_TOP_LEVEL)
+    # FlexibleRunner (runner_type='MapFlexibleRunner') also reads ``strategy``
+    args = (set(inspect.signature(Runner.__init__).parameters)
+            | set(inspect.signature(FlexibleRunner.__init__).parameters))
+    return args - {'self'} | set(_EXTRA_TOP_LEVEL)
 
 
 def _unknown_reason(cfg: Any, parts: list) -> str | None:
@@ -64,8 +75,8 @@ def _unknown_reason(cfg: Any, parts: list) -> str | None:
                 node = node[part]
                 continue
             if (i == 0 and part in _top_level_names()) or '.'.join(parts[:i]) in \
-                    OPEN_CONFIG_PATHS:
-                return None
+                    OPEN_CONFIG_PATHS or consumer_keys('.'.join(parts[:i]), node):
+                return None  # a dict with a known consumer is checked after the merge
             close = difflib.get_close_matches(part, [str(k) for k in node], n=3)
             hint = f' (did you mean {", ".join(close)}?)' if close else ''
             return f'{here} has no key {part!r}{hint}'
@@ -101,21 +112,43 @@ def validate_cfg_options(cfg: Any, options: dict | None) -> dict:
     if not options:
         return {}
     tree = cfg.to_dict() if isinstance(cfg, Config) else cfg
-    checked, errors = {}, []
+    checked, mergeable, errors = {}, {}, []
     for key, value in options.items():
         if key.startswith('+'):
-            checked[key[1:]] = value
+            checked[key[1:]] = mergeable[key[1:]] = value
             continue
         reason = _variable_reason(tree, key.split('.')[0]) or _unknown_reason(
             tree, key.split('.'))
         if reason:
             errors.append(f'  {key}: {reason}')
+        else:
+            mergeable[key] = value
         checked[key] = value
-    if errors:
+    unread = [f'  {key}: {reason}' for key, reason in _unread_override_keys(tree, mergeable)]
+    if errors or unread:
         raise ConfigCheckError(
-            'bad key(s) in --cfg-options:\n' + '\n'.join(errors)
-            + '\n  (prefix a key with + to add a key the config does not have)')
+            'bad key(s) in --cfg-options:\n' + '\n'.join(errors + unread)
+            + ('\n  (prefix a key with + to add a key the config does not have)' if errors
+               else ''))
     return checked
+
+
+def _unread_override_keys(tree: dict, options: dict) -> list:
+    """Keys the overrides put where their consumer does not read them (judged on the merged
+    config: an override may change a dict's ``type``)."""
+    merged = Config(copy.deepcopy(tree))
+    merged.merge_from_dict(options)
+    return [(key, reason) for key, reason in unread_keys(merged.to_dict())
+            if any(key == opt or key.startswith(opt + '.') for opt in options)]
+
+
+def check_config_keys(cfg: Any, source: str) -> None:
+    """Raise if a runtime dict of ``cfg`` holds a key its consumer does not read (a typo in
+    the config file, or in an override that left the dict's other keys unread)."""
+    tree = cfg.to_dict() if isinstance(cfg, Config) else cfg
+    problems = [f'  {key}: {reason}' for key, reason in unread_keys(tree)]
+    if problems:
+        raise ConfigCheckError(f'key(s) nothing reads in {source}:\n' + '\n'.join(problems))
 
 
 def _leaf_datasets(cfg: Any) -> Iterator[Any]:

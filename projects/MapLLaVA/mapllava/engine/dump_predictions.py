@@ -1,13 +1,15 @@
 """``DumpMapPredictions``: write test predictions in the offline evaluator's format.
 
-``tools/test.py --out preds.pkl`` appends this metric to ``test_evaluator`` so one test run
-gives both the online metrics and a file ``tools/eval_map.py`` can score again later. It
-subclasses ``BaseMetric`` so results from every rank are gathered by mmengine before rank 0
-writes the file.
+``tools/test.py --out preds.json`` (or ``preds.pkl``) appends this metric to ``test_evaluator``
+so one test run gives both the online metrics and a file ``tools/eval_map.py`` can score again
+later. It subclasses ``BaseMetric`` so results from every rank are gathered by mmengine before
+rank 0 writes the file. JSON holds the same content as the pickle (arrays as nested lists) and
+is what other codebases should exchange: reading it runs no code.
 """
 from __future__ import annotations
 
 import io
+import json
 import os
 import os.path as osp
 import pickle
@@ -41,11 +43,11 @@ def prediction_record(data_sample: dict) -> dict:
 
 @METRICS.register_module()
 class DumpMapPredictions(BaseMetric):
-    """Collect ``pred_instances_3d`` per sample and pickle them to ``out_file_path``.
+    """Collect ``pred_instances_3d`` per sample and write them to ``out_file_path``.
 
-    File layout: ``dict(meta=dict(format, version, classes, roi_size),
-    results=[dict(token, polylines (K, P, 2) float32, scores (K,), labels (K,)), ...])``.
-    Returns no metrics.
+    File layout (``.pkl``, or ``.json`` with lists for arrays): ``dict(meta=dict(format,
+    version, classes, roi_size), results=[dict(token, polylines (K, P, 2) float32 metres,
+    scores (K,) float32, labels (K,) int64), ...])``. Returns no metrics.
     """
 
     default_prefix = 'dump'
@@ -53,8 +55,8 @@ class DumpMapPredictions(BaseMetric):
     def __init__(self, out_file_path: str, collect_device: str = 'cpu',
                  prefix: Optional[str] = None) -> None:
         super().__init__(collect_device=collect_device, prefix=prefix)
-        if not out_file_path.endswith(('.pkl', '.pickle')):
-            raise ValueError(f'--out must end with .pkl, got {out_file_path!r}')
+        if not out_file_path.endswith(('.json', '.pkl', '.pickle')):
+            raise ValueError(f'--out must end with .json or .pkl, got {out_file_path!r}')
         self.out_file_path = out_file_path
 
     def process(self, data_batch: dict, data_samples: Sequence[dict]) -> None:
@@ -67,8 +69,19 @@ class DumpMapPredictions(BaseMetric):
         if self.dataset_meta:
             meta.update(classes=tuple(self.dataset_meta.get('classes', ())),
                         roi_size=self.dataset_meta.get('roi_size'))
-        buf = io.BytesIO()
-        pickle.dump(dict(meta=meta, results=results), buf, protocol=pickle.HIGHEST_PROTOCOL)
+        if self.out_file_path.endswith('.json'):
+            data = json.dumps(dict(meta=meta, results=results), default=_json_value).encode()
+        else:
+            buf = io.BytesIO()
+            pickle.dump(dict(meta=meta, results=results), buf, protocol=pickle.HIGHEST_PROTOCOL)
+            data = buf.getvalue()
         os.makedirs(osp.dirname(osp.abspath(self.out_file_path)), exist_ok=True)
-        atomic_write(self.out_file_path, buf.getvalue())
+        atomic_write(self.out_file_path, data)
         return {}
+
+
+def _json_value(value: object) -> object:
+    """numpy arrays / scalars as lists / numbers (float32 values written exactly)."""
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    raise TypeError(f'cannot write {type(value).__name__} to the predictions json')

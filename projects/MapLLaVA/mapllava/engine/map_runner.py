@@ -1,6 +1,6 @@
-"""``MapRunner``: mmengine's Runner with crash-safe checkpoints and strict checkpoint loading.
+"""``MapRunner``: mmengine's Runner with crash-safe checkpoints, strict loading, exact resume.
 
-Three differences from ``mmengine.runner.Runner``, all at its own extension points:
+The differences from ``mmengine.runner.Runner``, all at its own extension points:
 
 * ``save_checkpoint`` writes ``<name>.tmp`` next to the target and ``os.replace``s it, so a
   process killed mid-save leaves the previous file (and ``last_checkpoint``) usable.
@@ -14,7 +14,13 @@ Three differences from ``mmengine.runner.Runner``, all at its own extension poin
 * ``dump_config`` also writes the resolved config to ``<work_dir>/config.py``.
 * checkpoints carry the random generators' state (``meta['rng_state']``) and ``resume``
   restores it, so a resumed run draws the same dropout masks and augmentations as an
-  uninterrupted one.
+  uninterrupted one. Validation leaves the generators as it found them (see
+  :meth:`MapRunner.call_hook`), so that state is also the one the next epoch starts from.
+* ``resume`` refuses, with :class:`CheckpointResumeError`, what it cannot continue
+  exactly: a weights-only file (``best_model.pth``, ``final_model.pth``), whose resume
+  would silently restart the optimizer and lr schedule, and a mid-epoch (iteration)
+  checkpoint under a loop that would replay the epoch. ``MapEpochBasedTrainLoop``
+  resumes those where they stopped.
 """
 from __future__ import annotations
 
@@ -28,8 +34,10 @@ from mmdet3d.registry import RUNNERS
 from mmengine.dist import master_only
 from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.model import is_model_wrapper
-from mmengine.runner import Runner
+from mmengine.runner import EpochBasedTrainLoop, Runner
 
+from .config_checks import ConfigCheckError
+from .map_train_loop import MapEpochBasedTrainLoop
 from .rng_state import get_rng_state, set_rng_state
 
 _DEFAULT_REVISE_KEYS = [(r'^module\.', '')]
@@ -38,6 +46,10 @@ _MAX_LISTED = 20
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's state dict does not fit the model."""
+
+
+class CheckpointResumeError(ConfigCheckError):
+    """``resume`` was given a checkpoint that training cannot continue exactly from."""
 
 
 def atomic_write(path: str, data: bytes) -> None:
@@ -105,15 +117,26 @@ def check_state_dict(model_state: dict, ckpt_state: dict, source: str = 'checkpo
 
 @RUNNERS.register_module()
 class MapRunner(Runner):
-    """Runner with atomic checkpoint writes, strict checkpoint loading and config.py."""
+    """Runner with atomic checkpoint writes, strict checkpoint loading and exact resume."""
+
+    _val_rng_state: Optional[dict] = None  # set while validation runs
+    _resume_needs: tuple = ()  # checkpoint keys ``resume`` needs, while it runs
 
     @master_only
     def save_checkpoint(self, out_dir: str, filename: str,
                         file_client_args: Optional[dict] = None, save_optimizer: bool = True,
                         save_param_scheduler: bool = True, meta: Optional[dict] = None,
                         by_epoch: bool = True, backend_args: Optional[dict] = None) -> None:
-        """Save like mmengine, but to ``<filename>.tmp`` first, then rename into place."""
-        meta = dict(meta or {}, rng_state=get_rng_state())
+        """Save like mmengine, but to ``<filename>.tmp`` first, then rename into place.
+
+        Also saved: the random state the next training step starts from and, under an
+        epoch loop, the epoch length, which tells ``resume`` whether the checkpoint was
+        written mid-epoch even if the batch size changed since.
+        """
+        rng = self._val_rng_state if self._val_rng_state is not None else get_rng_state()
+        meta = dict(meta or {}, rng_state=rng)
+        if isinstance(self._train_loop, EpochBasedTrainLoop):
+            meta.setdefault('iters_per_epoch', len(self._train_loop.dataloader))
         kwargs = dict(file_client_args=file_client_args, save_optimizer=save_optimizer,
                       save_param_scheduler=save_param_scheduler, meta=meta,
                       by_epoch=by_epoch, backend_args=backend_args)
@@ -135,6 +158,13 @@ class MapRunner(Runner):
                         revise_keys: list = _DEFAULT_REVISE_KEYS) -> dict:
         """Load like mmengine, then fail loudly if the keys did not fit the model."""
         checkpoint = super().load_checkpoint(filename, map_location, strict, revise_keys)
+        missing = [key for key in self._resume_needs if key not in checkpoint]
+        if missing:
+            raise CheckpointResumeError(
+                f'cannot resume from {filename}: it holds weights only (no '
+                f'{", ".join(missing)}), so the optimizer and lr schedule would restart; use '
+                f'load_from={filename} (--cfg-options load_from={filename}, without --resume) '
+                'to start a new run from its weights')
         state = checkpoint.get('state_dict', checkpoint)
         for pattern, repl in revise_keys:
             state = {re.sub(pattern, repl, k): v for k, v in state.items()}
@@ -148,11 +178,70 @@ class MapRunner(Runner):
 
     def resume(self, filename: str, resume_optimizer: bool = True,
                resume_param_scheduler: bool = True, map_location: str = 'default') -> None:
-        """Resume as mmengine does, then put the random generators where they were."""
-        super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
-        rng_state = getattr(self, '_loaded_meta', {}).get('rng_state')
+        """Resume as mmengine does, then put the random generators where they were.
+
+        Refused (:class:`CheckpointResumeError`): a file without the optimizer, scheduler
+        or message-hub state the resume would need, and a mid-epoch checkpoint unless the
+        train loop is a ``MapEpochBasedTrainLoop``.
+        """
+        needs = ['meta', 'message_hub']
+        if resume_optimizer:
+            needs.append('optimizer')
+        if resume_param_scheduler and self.param_schedulers is not None:
+            needs.append('param_schedulers')
+        self._resume_needs = tuple(needs)
+        try:
+            super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
+        finally:
+            self._resume_needs = ()
+        meta = getattr(self, '_loaded_meta', {})
+        self._continue_epoch(filename, meta)
+        rng_state = meta.get('rng_state')
         if rng_state is not None:
             set_rng_state(rng_state)
+
+    def _continue_epoch(self, filename: str, meta: dict) -> None:
+        """Tell the epoch loop how far into its epoch ``filename`` was written."""
+        loop = self.train_loop
+        if not isinstance(loop, EpochBasedTrainLoop):
+            return
+        per_epoch = meta.get('iters_per_epoch', len(loop.dataloader))  # older checkpoints
+        done = loop.iter - loop.epoch * per_epoch
+        if done == 0:
+            return
+        where = (f'{filename} was written at iteration {loop.iter}, {done} of {per_epoch} '
+                 f'batches into epoch {loop.epoch + 1} (an iteration checkpoint: '
+                 'default_hooks.checkpoint.by_epoch=False)')
+        if not isinstance(loop, MapEpochBasedTrainLoop):
+            raise CheckpointResumeError(
+                f"{where}; {type(loop).__name__} would train that epoch again from its "
+                "first batch: set train_cfg.type='MapEpochBasedTrainLoop' to resume "
+                'mid-epoch, or resume from an epoch checkpoint')
+        if not 0 < done <= per_epoch or per_epoch != len(loop.dataloader):
+            raise CheckpointResumeError(
+                f'{where}, but the train dataloader now has {len(loop.dataloader)} batches '
+                'per epoch: resume mid-epoch with the batch size, dataset and number of '
+                'processes it was saved with, or from an epoch checkpoint')
+        loop.start_mid_epoch(done)
+
+    def call_hook(self, fn_name: str, **kwargs) -> None:
+        """Call the hooks as mmengine does, but undo validation's random draws.
+
+        Validation runs between the end-of-epoch checkpoint and the next epoch and draws
+        from the global generators (each DataLoader iterator draws a base seed; test-time
+        transforms may be random), so the state saved with the checkpoint was not the one
+        the next epoch started from. Saving after validation instead would write each
+        epoch checkpoint twice. With validation random-neutral, the state at the end of
+        the epoch, and at any point of validation (the checkpoint re-saved for a new
+        ``best_model.pth``), is the next epoch's; and training draws the same random
+        numbers whether and how often it validates.
+        """
+        if fn_name == 'before_val':
+            self._val_rng_state = get_rng_state()
+        super().call_hook(fn_name, **kwargs)
+        if fn_name == 'after_val' and self._val_rng_state is not None:
+            set_rng_state(self._val_rng_state)
+            self._val_rng_state = None
 
     @master_only
     def dump_config(self) -> None:

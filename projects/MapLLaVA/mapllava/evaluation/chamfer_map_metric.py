@@ -5,13 +5,13 @@ import logging
 import warnings
 from typing import Any, Sequence
 
-import mmengine
 import numpy as np
 from mmdet3d.registry import METRICS
 from mmengine.evaluator import BaseMetric
 from mmengine.logging import print_log
 from terminaltables import AsciiTable
 
+from ..utils.safe_pickle import load_data_file
 from .chamfer_ap import ChamferAPResult, compute_chamfer_ap
 
 MAP_CLASSES = ('divider', 'ped_crossing', 'boundary')
@@ -42,7 +42,7 @@ def evaluate_map_predictions(results: Sequence[dict], ann_file: str,
     """
     classes = tuple(classes)
     pred_classes = tuple(pred_classes) if pred_classes is not None else classes
-    infos = mmengine.load(ann_file)
+    infos = load_data_file(ann_file)  # .pkl: builtins and numpy arrays only
     info_classes = tuple(infos.get('metainfo', {}).get('classes', MAP_CLASSES))
     index = {info['token']: i for i, info in enumerate(infos['data_list'])}
     ordered = _order_by_info(results, index, ann_file)

@@ -8,13 +8,22 @@ from mmdet3d.registry import TRANSFORMS
 from mmengine.fileio import get
 
 
+class CorruptFileError(OSError):
+    """A file a sample refers to exists but cannot be decoded: bad data, a user error.
+
+    Raised in a DataLoader worker, it reaches the main process re-created by torch with the
+    worker's traceback as its message; ``engine.cli.run_cli`` prints its last line.
+    """
+
+
 @TRANSFORMS.register_module()
 class LoadMultiViewImages(BaseTransform):
     """Read ``results['img_path']`` (one per camera, dataset order) into ``results['img']``.
 
     mmdet3d's ``LoadMultiViewImageFromFiles`` re-derives the camera lists from
     ``results['images']`` and pads views to one shape; here the dataset's stacked calibration
-    stays aligned with the images and a missing file names its path.
+    stays aligned with the images, and a missing or undecodable file names its path and the
+    sample token (:class:`CorruptFileError` for the latter).
 
     Adds ``img`` (list of HxWx3 arrays, BGR), ``img_shape`` / ``ori_shape`` (list of (H, W)
     per view) and ``num_views``.
@@ -27,18 +36,27 @@ class LoadMultiViewImages(BaseTransform):
         self.imdecode_backend = imdecode_backend
         self.backend_args = backend_args
 
-    def _read(self, path: str) -> np.ndarray:
+    def _read(self, path: str, token: str) -> np.ndarray:
         try:
             buf = get(path, backend_args=self.backend_args)
         except FileNotFoundError as e:
-            raise FileNotFoundError(f'camera image not found: {path}') from e
-        img = mmcv.imfrombytes(buf, flag=self.color_type, backend=self.imdecode_backend)
-        if img is None:
-            raise OSError(f'cannot decode camera image: {path}')
+            raise FileNotFoundError(f'camera image not found: {path} (sample {token})') from e
+        if not buf:
+            raise CorruptFileError(f'cannot decode camera image {path} (sample {token}): '
+                                   'empty file')
+        try:
+            img = mmcv.imfrombytes(buf, flag=self.color_type, backend=self.imdecode_backend)
+        except Exception as e:  # the pillow / turbojpeg backends raise their own errors
+            raise CorruptFileError(f'cannot decode camera image {path} (sample {token}): '
+                                   f'{" ".join(str(e).split()) or type(e).__name__}') from e
+        if img is None:  # cv2's answer to a truncated or garbled file
+            raise CorruptFileError(f'cannot decode camera image {path} (sample {token}): '
+                                   'truncated, or not an image')
         return img.astype(np.float32) if self.to_float32 else img
 
     def transform(self, results: dict) -> dict:
-        imgs = [self._read(p) for p in results['img_path']]
+        token = results.get('token', results.get('sample_idx'))
+        imgs = [self._read(p, token) for p in results['img_path']]
         results['img'] = imgs
         results['img_shape'] = [img.shape[:2] for img in imgs]
         results['ori_shape'] = [img.shape[:2] for img in imgs]

@@ -40,6 +40,28 @@ def stack_calib(data_samples: Sequence, key: str, required: bool = True) -> Opti
     return torch.stack(mats)
 
 
+@torch.compiler.disable
+def camera_matrices(data_samples: Sequence, device: torch.device) -> Tuple[Tensor, Tensor]:
+    """float32 ``(B, N, 4, 4)`` ``inverse(img_aug_matrix)`` and ``img2lidar`` on ``device``.
+
+    Read from the samples' metainfo on the host, outside any compiled graph (so a compiled
+    model sees new calibration as new input values, not as constants to recompile for), and
+    copied from pinned memory without waiting for the GPU.
+    """
+    cam2img = stack_calib(data_samples, 'cam2img')
+    lidar2cam = stack_calib(data_samples, 'lidar2cam')
+    img_aug = stack_calib(data_samples, 'img_aug_matrix', required=False)
+    if img_aug is None:
+        img_aug = torch.eye(4, dtype=torch.float64).expand_as(cam2img)
+    mats = torch.stack((torch.linalg.inv(img_aug),
+                        torch.linalg.inv(lidar2cam) @ torch.linalg.inv(cam2img))).float()
+    if device.type == 'cuda':
+        mats = mats.pin_memory().to(device, non_blocking=True)
+    else:
+        mats = mats.to(device)
+    return mats[0], mats[1]
+
+
 @MODELS.register_module()
 class LSSViewTransform(BaseModule):
     """Lift-splat view transform (as BEVFusion's ``LSSTransform``, pure PyTorch pooling).
@@ -139,17 +161,10 @@ class LSSViewTransform(BaseModule):
         ``img_aug_matrix`` maps original pixels ``(u, v, d, 1)`` to augmented ones (2-D
         affine in ``[:2, :2]`` and ``[:2, 3]``, mmdet3d/BEVFusion layout); absent means
         identity. ``cam2img``/``lidar2cam`` are the original calibration. The matrices are
-        inverted once per batch in float64 on the CPU; the points stay float32 under autocast.
+        inverted once per batch in float64 on the CPU (:func:`camera_matrices`); the points
+        stay float32 under autocast.
         """
-        cam2img = stack_calib(data_samples, 'cam2img')
-        lidar2cam = stack_calib(data_samples, 'lidar2cam')
-        img_aug = stack_calib(data_samples, 'img_aug_matrix', required=False)
-        if img_aug is None:
-            img_aug = torch.eye(4, dtype=torch.float64).expand_as(cam2img)
-        inv_aug = torch.linalg.inv(img_aug).to(device, torch.float32)
-        img2lidar = (torch.linalg.inv(lidar2cam) @ torch.linalg.inv(cam2img)).to(
-            device, torch.float32)
-
+        inv_aug, img2lidar = camera_matrices(data_samples, torch.device(device or 'cpu'))
         frustum = self.create_frustum(img_hw, feat_hw, device)
         # u·d reaches ~5e4: autocast's fp16/bf16 einsum would move points by metres.
         with torch.autocast(device_type=frustum.device.type, enabled=False):
@@ -174,12 +189,13 @@ class LSSViewTransform(BaseModule):
         grid = self.pool_grid
         flat_depth = depth.permute(0, 1, 3, 4, 2).reshape(-1, depth.shape[2])
         flat_feats = feats.permute(0, 1, 3, 4, 2).reshape(-1, feats.shape[2])
-        cells, valid = grid.flat_index(geom.reshape(-1, 3))
-        point_idx = valid.nonzero().squeeze(1)
-        points_per_sample = geom[0].numel() // 3
-        cell_idx = cells[point_idx] + (point_idx // points_per_sample) * grid.num_cells
-        bev = depth_weighted_bev_pool(flat_depth, flat_feats, point_idx, cell_idx,
-                                      batch * grid.num_cells, self.pool_chunk_size)
+        cells, valid = grid.flat_index(geom.reshape(batch, -1, 3))
+        offsets = torch.arange(batch, device=cells.device).unsqueeze(1) * grid.num_cells
+        num_cells = batch * grid.num_cells
+        # points outside the grid go to the extra cell num_cells, which the pool drops
+        cell_idx = torch.where(valid, cells + offsets, num_cells).flatten()
+        bev = depth_weighted_bev_pool(flat_depth, flat_feats, cell_idx, num_cells,
+                                      self.pool_chunk_size)
         return bev.view(batch, grid.bev_h, grid.bev_w, -1).permute(0, 3, 1, 2).contiguous()
 
     def forward(self, img_feats: Tensor, data_samples: Sequence,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from mmdet.models.layers import MLP, inverse_sigmoid
@@ -12,6 +13,7 @@ from mmengine.model import BaseModule, bias_init_with_prob
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
+from ..task_modules import solve_assignments
 from .map_decoder import MapDecoderLayer
 
 
@@ -23,6 +25,42 @@ def normalize_pts(pts: Tensor, pc_range: Tensor) -> Tensor:
 def denormalize_pts(pts: Tensor, pc_range: Tensor) -> Tensor:
     """Inverse of :func:`normalize_pts`."""
     return pts * (pc_range[2:] - pc_range[:2]) + pc_range[:2]
+
+
+@torch.compiler.disable
+def _matched_indices(costs: list[Tensor], plans: list[list[tuple[int, int, int]]],
+                     dims: list[tuple[int, int]], gt_counts: list[list[int]],
+                     device: torch.device) -> tuple[Tensor, list[int]]:
+    """Hungarian matching on the host (one copy of every cost matrix there), and one copy of
+    the matched indices back: ``(5, K)`` rows ``layer, sample, query, GT (flat over the
+    batch), order (flat over the samples' (layer · query, GT) order tables)``, positives
+    layer-major with queries ascending, and K per group. Runs outside compiled graphs.
+
+    ``plans`` per group: ``(sample, index of its first matrix in costs, num GT)`` for every
+    sample with GT; its matrices are one per layer. ``dims`` per group: (layers, queries).
+    """
+    matches = solve_assignments(costs)
+    index_rows, sizes = [], []
+    for plan, (num_layers, num_q), counts in zip(plans, dims, gt_counts):
+        gt_start = np.cumsum([0] + counts)
+        order_start = np.cumsum([0] + [num_layers * num_q * n if num_q else 0 for n in counts])
+        rows = []
+        for layer in range(num_layers):
+            for b, first_cost, num_gt in plan:
+                q_idx, g_idx = matches[first_cost + layer]
+                keep = np.argsort(q_idx, kind='stable')
+                q_idx, g_idx = q_idx[keep], g_idx[keep]
+                rows.append(np.stack([
+                    np.full_like(q_idx, layer), np.full_like(q_idx, b), q_idx,
+                    gt_start[b] + g_idx,
+                    order_start[b] + (layer * num_q + q_idx) * num_gt + g_idx]))
+        rows = np.concatenate(rows, 1) if rows else np.zeros((5, 0), np.int64)
+        index_rows.append(rows.astype(np.int64))
+        sizes.append(rows.shape[1])
+    index = torch.from_numpy(np.concatenate(index_rows, 1))
+    if device.type == 'cuda':
+        return index.pin_memory().to(device, non_blocking=True), sizes
+    return index.to(device), sizes
 
 
 @MODELS.register_module()
@@ -147,7 +185,9 @@ class MapTRHead(BaseModule):
                              f'got {instance_queries.shape[1]}')
         param = self.reference_points.weight
         value = self.bev_proj(bev.to(param.dtype)).flatten(2).transpose(1, 2)
-        spatial_shapes = torch.tensor([[bev_h, bev_w]], device=bev.device)
+        # filled on the device: torch.tensor(..., device=) would be a host-to-device copy
+        spatial_shapes = torch.full((1, 2), bev_w, dtype=torch.long, device=bev.device)
+        spatial_shapes[:, 0] = bev_h
         level_start_index = spatial_shapes.new_zeros(1)
 
         inst = self.query_norm(instance_queries.to(param.dtype))
@@ -205,17 +245,23 @@ class MapTRHead(BaseModule):
         ``d{i}.loss_*`` for earlier ones and ``o2m.``-prefixed ones for the one-to-many group.
 
         ``batch_gt_instances`` hold ``labels (M,)``, ``shifts (M, S, P, 2)`` in metres and
-        ``shifts_valid (M, S)``.
+        ``shifts_valid (M, S)``. Every layer, sample and group is matched from one copy of
+        all their cost matrices to the host (:meth:`_match`); nothing else waits for the
+        device.
         """
         device = preds['cls_scores'].device
         gts = [self._prepare_gt(gt, device) for gt in batch_gt_instances]
-        losses = self._loss_layers(preds['cls_scores'], preds['pts_preds'], gts)
+        groups = [(preds['cls_scores'], preds['pts_preds'], gts)]
         if 'aux_cls_scores' in preds:
             rep = [InstanceData(labels=g.labels.repeat(self.aux_repeat_k),
                                 shifts=g.shifts.repeat(self.aux_repeat_k, 1, 1, 1),
                                 shifts_valid=g.shifts_valid.repeat(self.aux_repeat_k, 1))
                    for g in gts]
-            aux = self._loss_layers(preds['aux_cls_scores'], preds['aux_pts_preds'], rep)
+            groups.append((preds['aux_cls_scores'], preds['aux_pts_preds'], rep))
+        targets = self._match(groups)
+        losses = self._loss_layers(*groups[0][:2], targets[0])
+        if len(groups) > 1:
+            aux = self._loss_layers(*groups[1][:2], targets[1])
             losses.update({f'o2m.{k}': v * self.aux_loss_weight for k, v in aux.items()})
         return losses
 
@@ -227,42 +273,96 @@ class MapTRHead(BaseModule):
             shifts=normalize_pts(shifts, self.pc_range),
             shifts_valid=torch.as_tensor(gt.shifts_valid, device=device).bool())
 
-    def _loss_layers(self, all_cls: Tensor, all_pts: Tensor,
-                     gts: list[InstanceData]) -> dict[str, Tensor]:
+    def _match(self, groups: list[tuple[Tensor, Tensor, list[InstanceData]]]) -> list[dict]:
+        """One-to-one targets of every ``(cls (L, B, V, C), pts (L, B, V, P, 2), gts)`` group.
+
+        The costs of all layers of a sample are built in one go on the device; all matrices
+        go to the host together for ``linear_sum_assignment``, and the matched indices come
+        back to the device in one copy. Returns per group ``layer, sample, query`` (positives,
+        layer-major, queries ascending), ``labels (L, B, V)`` (``num_classes`` = background),
+        ``targets (K, P, 2)`` (the matched GT in its cheapest valid order) and the host count
+        ``num_pos_per_layer``.
+        """
+        costs, orders, plans = [], [], []
+        for all_cls, all_pts, gts in groups:
+            num_layers, _, num_q = all_cls.shape[:3]
+            plan = []
+            for b, gt in enumerate(gts):
+                num_gt = len(gt)
+                if num_gt == 0 or num_q == 0:
+                    orders.append(None)
+                    continue
+                cost, order = self.assigner.costs(
+                    InstanceData(scores=all_cls[:, b].flatten(0, 1).detach().float(),
+                                 pts=all_pts[:, b].flatten(0, 1).detach().float()), gt)
+                plan.append((b, len(costs), num_gt))
+                costs.extend(cost.view(num_layers, num_q, num_gt))
+                orders.append(order)
+            plans.append(plan)
+        device = groups[0][0].device
+        index, sizes = _matched_indices(
+            costs, plans, [(cls.shape[0], cls.shape[2]) for cls, _, _ in groups],
+            [[len(gt) for gt in gts] for _, _, gts in groups], device)
+
+        targets = []
+        for (all_cls, _, gts), group_index, size in zip(groups, index.split(sizes, 1), sizes):
+            num_layers, batch, num_q = all_cls.shape[:3]
+            layer, sample, query, gt_idx, order_idx = group_index
+            labels = torch.full((num_layers, batch, num_q), self.num_classes,
+                                dtype=torch.long, device=device)
+            num_pos = size // num_layers
+            if num_pos:
+                gt_orders = torch.cat([o.flatten() for o in orders[:len(gts)] if o is not None])
+                num_orders = max(gt.shifts.shape[1] for gt in gts)
+                shifts = torch.cat([F.pad(gt.shifts, (0, 0, 0, 0, 0, num_orders -
+                                                      gt.shifts.shape[1])) for gt in gts])
+                labels[layer, sample, query] = torch.cat([gt.labels for gt in gts])[gt_idx]
+                matched = shifts[gt_idx, gt_orders[order_idx]]
+            else:
+                matched = all_cls.new_zeros(0, self.num_pts, 2)
+            orders = orders[len(gts):]
+            targets.append(dict(layer=layer, sample=sample, query=query, labels=labels,
+                                targets=matched, num_pos_per_layer=num_pos))
+        return targets
+
+    def _loss_layers(self, all_cls: Tensor, all_pts: Tensor, target: dict) -> dict[str, Tensor]:
         losses = {}
         num_layers = all_cls.shape[0]
+        count = target['num_pos_per_layer']
+        # the positives of a layer are the same on every layer; averaged over the ranks
+        num_pos = self._num_pos(count, all_cls)
+        all_pos = all_pts[target['layer'], target['sample'], target['query']]
         for i in range(num_layers):
             prefix = '' if i == num_layers - 1 else f'd{i}.'
-            cls_loss, pts_loss, dir_loss = self._loss_single(all_cls[i], all_pts[i], gts)
+            span = slice(i * count, (i + 1) * count)
+            cls_loss, pts_loss, dir_loss = self._loss_single(
+                all_cls[i], all_pts[i], target['labels'][i], all_pos[span],
+                target['targets'][span], num_pos)
             losses[f'{prefix}loss_cls'] = cls_loss
             losses[f'{prefix}loss_pts'] = pts_loss
             losses[f'{prefix}loss_dir'] = dir_loss
         return losses
 
-    def _loss_single(self, cls_scores: Tensor, pts_preds: Tensor,
-                     gts: list[InstanceData]) -> tuple[Tensor, Tensor, Tensor]:
-        """Losses of one layer; ``cls_scores (B, V, C)``, ``pts_preds (B, V, P, 2)``."""
-        cls_scores, pts_preds = cls_scores.float(), pts_preds.float()
-        labels, pos_preds, pos_targets = [], [], []
-        for cls_b, pts_b, gt in zip(cls_scores, pts_preds, gts):
-            result = self.assigner.assign(
-                InstanceData(scores=cls_b.detach(), pts=pts_b.detach()), gt)
-            pos = result.gt_inds > 0
-            label = torch.full_like(result.labels, self.num_classes)
-            label[pos] = result.labels[pos]
-            labels.append(label)
-            gt_idx = result.gt_inds[pos] - 1
-            shift_idx = result.get_extra_property('shift_inds')[pos]
-            pos_preds.append(pts_b[pos])
-            pos_targets.append(gt.shifts[gt_idx, shift_idx])
-        pos_preds, pos_targets = torch.cat(pos_preds), torch.cat(pos_targets)
-        num_pos = reduce_mean(cls_scores.new_tensor(float(len(pos_preds)))).clamp(min=1).item()
+    @staticmethod
+    def _num_pos(count: int, ref: Tensor) -> float | Tensor:
+        """Positives per rank, at least 1: a host number unless the ranks average it (then a
+        device tensor, without ``.item()``)."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return max(float(count), 1.0)
+        return reduce_mean(ref.new_full((), float(count), dtype=torch.float32)).clamp(min=1)
 
-        loss_cls = self.loss_cls(cls_scores.flatten(0, 1), torch.cat(labels),
+    def _loss_single(self, cls_scores: Tensor, pts_preds: Tensor, labels: Tensor,
+                     pos_preds: Tensor, pos_targets: Tensor,
+                     num_pos: float | Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Losses of one layer; ``cls_scores (B, V, C)``, ``pts_preds (B, V, P, 2)``,
+        ``labels (B, V)``, matched ``pos_preds`` / ``pos_targets (K, P, 2)``."""
+        cls_scores = cls_scores.float()
+        loss_cls = self.loss_cls(cls_scores.flatten(0, 1), labels.flatten(),
                                  avg_factor=num_pos)
         if len(pos_preds) == 0:
-            zero = pts_preds.sum() * 0
+            zero = pts_preds.float().sum() * 0
             return loss_cls, zero, zero
+        pos_preds = pos_preds.float()
         # MapTR (maptr_head.py, loss_single): both sums are divided by the number of positives
         # only, not by the points: |dx| + |dy| summed over all P points of a matched instance
         # (normalized coordinates), and (1 - cos) summed over its P - 1 segment directions.

@@ -11,6 +11,13 @@ from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .base_bridge import MapQueryBridge
 from .hf_utils import check_loading_info, check_pretrained_path, load_error, to_torch_dtype
+from .prompt_cache import (
+    PromptStates,
+    allow_checkpointing_with_prompt_cache,
+    prefix_cache,
+    prompt_states,
+    recording_cache,
+)
 
 MODES = ('frozen', 'lora', 'full')
 MAP_QUERY_ATTENTION = ('causal', 'bidirectional')
@@ -72,6 +79,11 @@ def _note_absent(module: 'LLMBridge', state_dict: dict, prefix: str, *args) -> N
     module._absent_keys = absent
 
 
+def _drop_prompt_cache(module: 'LLMBridge', *args) -> None:
+    # loading may change the LLM's weights, and with them the prompt's keys and values
+    module._frozen_prompt = None
+
+
 def _forgive_absent(module: 'LLMBridge', incompatible_keys) -> None:
     absent = getattr(module, '_absent_keys', set())
     incompatible_keys.missing_keys[:] = [k for k in incompatible_keys.missing_keys
@@ -82,10 +94,18 @@ def _forgive_absent(module: 'LLMBridge', incompatible_keys) -> None:
 class LLMBridge(MapQueryBridge):
     """Scene tokens → LLM → ``(B, num_map_queries, embed_dims)`` instance queries.
 
-    The input sequence is ``[prompt tokens, scene_proj(scene tokens), map_queries]`` fed as
-    ``inputs_embeds`` to the LLM's decoder stack (``get_decoder()``: no vocabulary logits are
-    computed); the last hidden states at the map-query positions go through ``out_proj``.
-    The prompt is tokenized once at construction (non-persistent buffer ``prompt_ids``).
+    The input sequence is ``[prompt tokens, scene_proj(scene tokens), map_queries]`` through
+    the LLM's decoder stack (``get_decoder()``: no vocabulary logits are computed); the last
+    hidden states at the map-query positions go through ``out_proj``. The prompt is tokenized
+    once at construction (non-persistent buffer ``prompt_ids``).
+
+    Prompt cache: the prompt is the same for every sample, so it runs once at batch 1 and the
+    scene tokens and map queries (positions after it) attend to its keys and values through
+    ``past_key_values`` (``prompt_cache.py``), expanded to the batch. In ``frozen`` mode those
+    do not change at all: they are computed once, kept in the plain attribute
+    ``_frozen_prompt`` (never in ``state_dict()``) and rebuilt when the LLM's device or dtype,
+    the autocast state, or its weights (``load_state_dict``) change. In ``lora`` / ``full`` mode
+    the prompt runs once per forward, with gradients.
 
     Modes: ``'frozen'`` (no LLM parameter trains, the LLM stays in eval mode, gradients still
     flow through it), ``'lora'`` (peft adapters on ``lora_cfg['target_modules']``; only they
@@ -133,6 +153,12 @@ class LLMBridge(MapQueryBridge):
             (``use_reentrant=False``; also active in ``frozen`` mode).
         projector: ``'mlp'`` (LLaVA-1.5) or ``'linear'`` for ``scene_proj``.
         map_query_attention: ``'causal'`` or ``'bidirectional'`` (see above).
+        prompt_cache: run the prompt once at batch 1 and attend to its keys and values (see
+            above). ``False`` runs ``[prompt, scene, map queries]`` as one sequence, the same
+            result at more compute. Sharded training (``FSDP2Strategy``) in ``lora`` /
+            ``full`` mode needs ``False``: the cached states carry gradients from one call of
+            a sharded decoder layer into the next, and FSDP2 frees the layer's gathered
+            weights between calls.
     """
 
     def __init__(self,
@@ -150,6 +176,7 @@ class LLMBridge(MapQueryBridge):
                  gradient_checkpointing: bool = False,
                  projector: str = 'mlp',
                  map_query_attention: str = 'causal',
+                 prompt_cache: bool = True,
                  init_cfg: dict | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
@@ -174,6 +201,7 @@ class LLMBridge(MapQueryBridge):
         self.mode = mode
         self.compute_dtype = compute_dtype
         self.map_query_attention = map_query_attention
+        self.prompt_cache = bool(prompt_cache)
         prompt_ids = self._tokenize(prompt, llm, tokenizer_path or llm_path)
         self.register_buffer('prompt_ids', torch.tensor(prompt_ids, dtype=torch.long),
                              persistent=False)
@@ -183,7 +211,9 @@ class LLMBridge(MapQueryBridge):
                 llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
             else:
                 llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        allow_checkpointing_with_prompt_cache(llm)
         self.llm = self._apply_mode(llm, mode, lora_cfg, compute_dtype)
+        self._frozen_prompt: tuple[tuple, PromptStates] | None = None
         self.reloadable_keys: frozenset[str] = frozenset()
         if llm_path is not None and mode != 'full':
             self.reloadable_keys = frozenset(
@@ -191,6 +221,7 @@ class LLMBridge(MapQueryBridge):
                 if not (isinstance(v, nn.Parameter) and v.requires_grad))
         self.register_state_dict_post_hook(_drop_reloadable)
         self.register_load_state_dict_pre_hook(_note_absent)
+        self.register_load_state_dict_pre_hook(_drop_prompt_cache)
         self.register_load_state_dict_post_hook(_forgive_absent)
         self.train()
 
@@ -253,28 +284,57 @@ class LLMBridge(MapQueryBridge):
         return contextlib.nullcontext()
 
     def map_query_mask(self, batch: int, seq_len: int, num_queries: int,
-                       dtype: torch.dtype, device: torch.device) -> Tensor:
-        """``(B, 1, L, L)`` mask: causal, except that the last ``num_queries`` rows (the map
-        queries) see every position. Boolean (True = attend) for SDPA, additive for eager."""
-        pos = torch.arange(seq_len, device=device)
-        allowed = (pos[None, :] <= pos[:, None]) | (pos[:, None] >= seq_len - num_queries)
-        allowed = allowed[None, None].expand(batch, 1, seq_len, seq_len)
+                       dtype: torch.dtype, device: torch.device, past_len: int = 0) -> Tensor:
+        """``(B, 1, L, past_len + L)`` mask of ``L`` new tokens after ``past_len`` cached ones:
+        causal, except that the last ``num_queries`` rows (the map queries) see every position.
+        Boolean (True = attend) for SDPA, additive for eager."""
+        rows = torch.arange(past_len, past_len + seq_len, device=device)
+        cols = torch.arange(past_len + seq_len, device=device)
+        allowed = ((cols[None, :] <= rows[:, None])
+                   | (rows[:, None] >= past_len + seq_len - num_queries))
+        allowed = allowed[None, None].expand(batch, 1, seq_len, past_len + seq_len)
         if self.decoder.config._attn_implementation == 'sdpa':
             return allowed
         return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(
             ~allowed, torch.finfo(dtype).min)
 
+    def _run_prompt(self, decoder: nn.Module) -> PromptStates:
+        """The prompt's per-layer keys and values at batch 1."""
+        embeds = decoder.get_input_embeddings()(self.prompt_ids).unsqueeze(0)
+        cache = recording_cache(decoder.config.num_hidden_layers)
+        decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=False)
+        return prompt_states(cache)
+
+    def _prompt_states(self, decoder: nn.Module) -> PromptStates:
+        if self.mode != 'frozen':
+            return self._run_prompt(decoder)
+        weight = decoder.get_input_embeddings().weight
+        device_type = weight.device.type
+        key = (weight.device, weight.dtype, torch.is_autocast_enabled(device_type),
+               torch.get_autocast_dtype(device_type))
+        if self._frozen_prompt is None or self._frozen_prompt[0] != key:
+            with torch.no_grad():
+                self._frozen_prompt = (key, self._run_prompt(decoder))
+        return self._frozen_prompt[1]
+
     def fuse(self, scene: Tensor, queries: Tensor) -> Tensor:
         decoder = self.decoder
         embed = decoder.get_input_embeddings()
         dtype = embed.weight.dtype
-        prompt = embed(self.prompt_ids).unsqueeze(0).expand(scene.shape[0], -1, -1)
-        seq = torch.cat([prompt.to(dtype), scene.to(dtype), queries.to(dtype)], dim=1)
+        parts = [scene.to(dtype), queries.to(dtype)]
+        if not self.prompt_cache:  # the prompt in the sequence, one pass per layer
+            prompt = embed(self.prompt_ids).to(dtype)
+            parts.insert(0, prompt.unsqueeze(0).expand(scene.shape[0], -1, -1))
+        seq = torch.cat(parts, dim=1)
+        batch, length = seq.shape[:2]
+        past = self.prompt_ids.numel() if self.prompt_cache else 0
         mask = None
         if self.map_query_attention == 'bidirectional':
-            mask = self.map_query_mask(seq.shape[0], seq.shape[1], queries.shape[1],
-                                       self.compute_dtype, seq.device)
+            mask = self.map_query_mask(batch, length, queries.shape[1], self.compute_dtype,
+                                       seq.device, past_len=past)
+        positions = torch.arange(past, past + length, device=seq.device).unsqueeze(0)
         with self._precision_context(seq.device.type, dtype):
-            hidden = decoder(inputs_embeds=seq, attention_mask=mask,
-                             use_cache=False).last_hidden_state
+            cache = prefix_cache(self._prompt_states(decoder), batch) if past else None
+            hidden = decoder(inputs_embeds=seq, attention_mask=mask, position_ids=positions,
+                             past_key_values=cache, use_cache=False).last_hidden_state
         return hidden[:, -queries.shape[1]:]
