@@ -229,3 +229,54 @@ def test_one_to_many_group(self_attn):
     assert 'aux_cls_scores' not in out_eval
     assert torch.allclose(out['cls_scores'], out_eval['cls_scores'], atol=1e-5)
     assert torch.allclose(out['pts_preds'], out_eval['pts_preds'], atol=1e-5)
+
+
+@pytest.fixture
+def host_reads(monkeypatch):
+    """Count the ways a tensor's data reaches the host (device-to-host copies and the
+    synchronising reads a GPU step would wait for)."""
+    counts = dict.fromkeys(('cpu', 'item', 'tolist', '__bool__'), 0)
+    for name in counts:
+        original = getattr(torch.Tensor, name)
+
+        def spy(self, *args, _name=name, _original=original, **kwargs):
+            counts[_name] += 1
+            return _original(self, *args, **kwargs)
+        monkeypatch.setattr(torch.Tensor, name, spy)
+    return counts
+
+
+def test_matching_reads_the_device_once_per_step(host_reads):
+    """Three layers x three samples x two query groups: every cost matrix goes to the host in
+    one copy, and nothing else (no ``.item()`` of the positives, no per-sample ``.cpu()``)."""
+    torch.manual_seed(0)
+    head = build_head(num_layers=3, num_aux_vec=20, aux_repeat_k=2)
+    out = head.train()(torch.randn(3, 8, 10, 5), torch.randn(3, 50, 32))
+    gts = [gt_metres(), empty_gt(), gt_metres()[:1]]
+    before = dict(host_reads)
+    losses = head.loss_by_feat(out, gts)
+    reads = {k: host_reads[k] - before[k] for k in host_reads}
+    assert reads == dict(cpu=1, item=0, tolist=0, __bool__=0)
+    assert len(losses) == 2 * 3 * 3
+    sum(losses.values()).backward()
+
+
+def test_decoder_checkpointing_matches():
+    torch.manual_seed(0)
+    plain, ckpt = build_head(num_aux_vec=10).train(), build_head(num_aux_vec=10, with_cp=True)
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.train()
+    calls = []
+    ckpt.layers[0].ffn.register_forward_pre_hook(lambda *args: calls.append(1))
+    results, inputs = [], (torch.randn(2, 8, 10, 5), torch.randn(2, 50, 32))
+    for head in (plain, ckpt):
+        bev, queries = (x.clone().requires_grad_() for x in inputs)
+        losses = head.loss_by_feat(head(bev, queries), [gt_metres(), gt_metres()[:1]])
+        sum(losses.values()).backward()
+        results.append((losses, bev.grad, {n: p.grad for n, p in head.named_parameters()}))
+    assert len(calls) == 2  # forward + recomputation in backward
+    for key, value in results[0][0].items():
+        torch.testing.assert_close(value, results[1][0][key], msg=key)
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for name, grad in results[0][2].items():
+        torch.testing.assert_close(grad, results[1][2][name], msg=name)

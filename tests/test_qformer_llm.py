@@ -63,6 +63,29 @@ def test_neck_shapes() -> None:
         QFormerNeck(BEV_C, qformer_cfg={**QFORMER, 'encoder_hidden_size': 30})
 
 
+def test_neck_gradient_checkpointing_matches() -> None:
+    cfg = {**QFORMER, 'hidden_dropout_prob': 0.0, 'attention_probs_dropout_prob': 0.0}
+    torch.manual_seed(0)
+    plain = QFormerNeck(BEV_C, qformer_cfg=cfg, num_query_tokens=8).train()
+    ckpt = QFormerNeck(BEV_C, qformer_cfg=cfg, num_query_tokens=8,
+                       gradient_checkpointing=True).train()
+    ckpt.load_state_dict(plain.state_dict())
+    calls = []
+    ckpt.qformer.encoder.layer[0].crossattention.register_forward_pre_hook(
+        lambda *args: calls.append(1))
+    results = []
+    for neck in (plain, ckpt):
+        x = bev().requires_grad_()
+        out = neck(x)
+        (out * torch.linspace(-1, 1, out.shape[-1])).sum().backward()
+        results.append((out, x.grad, {n: p.grad for n, p in neck.named_parameters()}))
+    assert len(calls) == 2  # forward + recomputation in backward
+    torch.testing.assert_close(results[0][0], results[1][0])
+    torch.testing.assert_close(results[0][1], results[1][1])
+    for name, grad in results[0][2].items():
+        torch.testing.assert_close(grad, results[1][2][name], msg=name)
+
+
 @pytest.mark.parametrize('shard', [None, '40KB'])
 def test_neck_pretrained_blip2(tmp_path, shard) -> None:
     from transformers import Blip2Config, Blip2ForConditionalGeneration
@@ -282,17 +305,21 @@ def test_prompt_cache_matches_the_full_sequence(mode, attention, checkpointing) 
             torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('mode', ['frozen', 'lora'])
+@pytest.mark.parametrize('mode', ['frozen', 'lora', 'uncached'])
 def test_prompt_runs_once_at_batch_one(mode) -> None:
-    br = bridge(mode, prompt='describe the map')
+    kwargs = dict(prompt_cache=False) if mode == 'uncached' else {}
+    br = bridge('frozen' if mode == 'uncached' else mode, prompt='describe the map', **kwargs)
     seen = []
     br.decoder.layers[0].register_forward_pre_hook(
         lambda module, args: seen.append(tuple(args[0].shape[:2])))
     for _ in range(2):
         br(torch.randn(3, 8, 64))
     prompt, rest = (1, br.prompt_ids.numel()), (3, 8 + NUM_Q)
-    # frozen: computed once and kept; lora / full: once per forward, not once per sample
-    assert seen == ([prompt, rest, rest] if mode == 'frozen' else [prompt, rest] * 2)
+    # frozen: computed once and kept; lora / full: once per forward, not once per sample;
+    # prompt_cache=False: the whole sequence every time
+    expected = dict(frozen=[prompt, rest, rest], lora=[prompt, rest] * 2,
+                    uncached=[(3, prompt[1] + rest[1])] * 2)
+    assert seen == expected[mode]
 
 
 def test_frozen_prompt_cache_is_not_saved_and_follows_dtype_and_weights() -> None:

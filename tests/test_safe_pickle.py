@@ -235,3 +235,15 @@ def test_test_out_round_trip_json_and_pkl_same_map(synthetic_root, tmp_path):
     assert _same(loaded['json'][0], loaded['pkl'][0])
     assert metrics['json'] == metrics['pkl']
     assert 0.05 < metrics['pkl']['mAP'] < 0.95, metrics['pkl']
+
+
+
+def test_malformed_json_predictions_are_a_one_line_user_error(tmp_path, capsys):
+    """A truncated JSON predictions file gets the file named, exit 2, no traceback."""
+    bad = tmp_path / 'preds.json'
+    bad.write_text('{"meta": {"classes": [')
+    with pytest.raises(SystemExit) as exc:
+        run_cli(lambda: _tool('eval_map').main([str(bad), '--ann-file', str(tmp_path / 'x.pkl')]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert str(bad) in err and 'not valid JSON' in err and len(err.splitlines()) == 1, err

@@ -14,7 +14,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from _toy_training import REPO_ROOT, write_toy_config
+from _toy_training import REPO_ROOT, ToyMapModel, write_toy_config
+from mmdet3d.registry import MODELS
 from mmengine.config import Config
 from mmengine.dataset import pseudo_collate
 
@@ -251,7 +252,9 @@ def test_torchrun_two_cpu_processes_end_identical(tmp_path):
 
 # ------------------------------------------- data faults, config typos, divergence (issue 11)
 def _jpeg() -> bytes:
-    return cv2.imencode('.jpg', np.full((9, 16, 3), 128, np.uint8))[1].tobytes()
+    """A small JPEG whose second half is entropy-coded data (noise compresses badly)."""
+    noise = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    return cv2.imencode('.jpg', noise)[1].tobytes()
 
 
 def _write_samples(root: str, samples: dict) -> None:
@@ -352,6 +355,27 @@ def test_runtime_dict_keys_are_checked_against_their_consumer(tmp_path, capsys):
     assert _tool('preflight').main([cfg.filename, '--cfg-options',
                                     'checkpoint_check.allow_mising=x']) == 2
     assert 'did you mean allow_missing?' in capsys.readouterr().out
+
+
+@MODELS.register_module(force=True)
+class ToyNaNGradientModel(ToyMapModel):
+    """The toy with an extra loss that is 0 but whose gradient is NaN (d sqrt(u) at u = 0,
+    times du/dw = 0): how a too-large learning rate first shows, loss finite, grad_norm NaN."""
+
+    def forward(self, inputs, data_samples=None, mode: str = 'loss'):
+        out = super().forward(inputs, data_samples, mode)
+        if mode == 'loss':
+            out['loss_nan_grad'] = (self.map_head.weight * 0).sum().sqrt()
+        return out
+
+
+def test_nan_gradient_with_finite_loss_stops_training(tmp_path, capsys):
+    cfg = write_toy_config(tmp_path / 'c.py', str(tmp_path / 'work'), max_epochs=1,
+                           model=dict(type='ToyNaNGradientModel'))
+    err = _cli_error(capsys, train_tool.main, [cfg])
+    assert 'training diverged at iteration 1 (epoch 1): grad_norm = nan;' in err, err
+    assert 'no checkpoint was saved' in err
+    assert not [f for f in os.listdir(tmp_path / 'work') if f.endswith('.pth')]
 
 
 def test_divergence_stops_before_any_checkpoint_is_written(toy, tmp_path, capsys):

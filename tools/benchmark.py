@@ -32,10 +32,11 @@ gradient clipping and the optimizer step, one total (hooks do not see backward p
 Without a local tokenizer folder the prompt is cut so that its byte-level ids are as many as
 the Llama tokenizer would give (about 4 bytes per token of English text).
 
-``--compile`` wraps the ``forward`` of the named modules (default: neck, bridge, map_head)
-with ``torch.compile(mode='reduce-overhead')`` in infer mode. The BEV encoder can be named
-too, but its lift-splat has data-dependent shapes (``nonzero``) and reads the calibration on
-the host, so it graph-breaks and gains little.
+``--compile`` wraps the ``forward`` of the named modules (default: all four parts) with
+``torch.compile(mode='reduce-overhead')`` in infer mode: CUDA graphs on a GPU, plain inductor
+on the CPU. The warm-up runs on the batch's calibration only; the timed iterations then
+alternate it with another one (``with_crop_shift``) under dynamo's ``error_on_recompile``, so
+a run that finishes shows that a new rig does not recompile the model.
 """
 from __future__ import annotations
 
@@ -66,7 +67,11 @@ from projects.MapLLaVA.mapllava.engine.config_checks import (  # noqa: E402
     ConfigCheckError,
     validate_cfg_options,
 )
-from projects.MapLLaVA.mapllava.utils.benchmark_inputs import ORI_HW, make_batch  # noqa: E402
+from projects.MapLLaVA.mapllava.utils.benchmark_inputs import (  # noqa: E402
+    ORI_HW,
+    make_batch,
+    with_crop_shift,
+)
 from projects.MapLLaVA.mapllava.utils.module_timer import ModuleTimer  # noqa: E402
 
 # lmsys/vicuna-7b-v1.5 (= Llama-2-7B) shape
@@ -81,7 +86,7 @@ BLIP2_QFORMER = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=
 BLIP2_QUERY_TOKENS = 32
 BYTES_PER_LLAMA_TOKEN = 4
 PARTS = ('bev_encoder', 'neck', 'bridge', 'map_head')
-DEFAULT_COMPILE = ('neck', 'bridge', 'map_head')
+DEFAULT_COMPILE = PARTS
 DEFAULT_OPTIM_WRAPPER = dict(type='OptimWrapper',
                              optimizer=dict(type='AdamW', lr=1e-4, weight_decay=0.01))
 
@@ -220,8 +225,17 @@ def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
+def compile_parts(model: torch.nn.Module, names, **compile_kwargs) -> None:
+    """``torch.compile`` the ``forward`` of the named child modules in place (their forward
+    hooks, e.g. the timer's, stay outside the compiled code)."""
+    for name in names:
+        module = getattr(model, name)
+        module.forward = torch.compile(module.forward, **compile_kwargs)
+
+
 def make_step(model, cfg: Config, args, batch: dict):
-    """One iteration as a callable, the model set to train / eval mode."""
+    """One iteration as a callable (on ``batch`` unless given another), the model set to
+    train / eval mode."""
     device_type = torch.device(args.device).type
     if args.mode == 'train':
         optim_cfg = ConfigDict(cfg.get('optim_wrapper') or DEFAULT_OPTIM_WRAPPER)
@@ -237,19 +251,17 @@ def make_step(model, cfg: Config, args, batch: dict):
             optim_cfg.pop('loss_scale', None)
         optim_wrapper = build_optim_wrapper(model, optim_cfg)
         model.train()
-        return lambda: model.train_step(batch, optim_wrapper)
+        return lambda data=batch: model.train_step(data, optim_wrapper)
 
     model.eval()
-    for name in args.compile or ():
-        module = getattr(model, name)
-        module.forward = torch.compile(module.forward, mode='reduce-overhead')
+    compile_parts(model, args.compile or (), mode='reduce-overhead')
 
-    def infer():
+    def infer(data=batch):
         if args.compile and device_type == 'cuda':
             torch.compiler.cudagraph_mark_step_begin()
         amp = torch.autocast(device_type, dtype=torch.bfloat16, enabled=args.amp)
         with torch.no_grad(), amp:
-            return model.test_step(batch)
+            return model.test_step(data)
     return infer
 
 
@@ -278,6 +290,8 @@ def run(args) -> dict:
                        num_pts=head.get('num_pts', 20), with_gt=args.mode == 'train',
                        seed=args.seed)
     step = make_step(model, cfg, args, batch)
+    # compiled: timed iterations alternate two calibrations, recompiling is an error
+    batches = [batch, with_crop_shift(batch)] if args.compile else [batch]
     modules = {'data_preprocessor': model.data_preprocessor, 'forward': model}
     modules.update({name: getattr(model, name) for name in PARTS})
     timer = ModuleTimer(modules, cuda)
@@ -290,12 +304,13 @@ def run(args) -> dict:
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = []
-    for _ in range(args.iters):
-        start = time.perf_counter()
-        with timer.span('iteration'):
-            step()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
+    with torch._dynamo.config.patch(error_on_recompile=bool(args.compile)):
+        for i in range(args.iters):
+            start = time.perf_counter()
+            with timer.span('iteration'):
+                step(batches[i % len(batches)])
+            sync()
+            times.append((time.perf_counter() - start) * 1e3)
     totals = {k: v / args.iters for k, v in timer.totals_ms().items()}
     timer.remove()
 
@@ -320,6 +335,8 @@ def run(args) -> dict:
         img_size_source=img_hw_source, bridge=type(model.bridge).__name__,
         random_weights=args.random_weights, amp=args.amp, compile=args.compile,
         channels_last=args.channels_last, cfg_options=args.cfg_options,
+        recompile_check=('timed iterations alternate 2 calibrations under '
+                         'torch._dynamo error_on_recompile' if args.compile else None),
         ms_per_iter=round(ms_per_iter, 3), ms_per_iter_median=round(statistics.median(times), 3),
         samples_per_s=round(samples_per_s, 3),
         peak_memory_mb=round(peak_mb, 1), peak_memory_kind=peak_kind,

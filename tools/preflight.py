@@ -197,9 +197,11 @@ def _check_samples(jobs: list, reads: dict, decode: bool, workers: int, desc: st
 
 
 def check_files(cfg, report: Report, decode: bool = False, workers: int = 8) -> None:
+    """Every file the pipelines will read, so that a bad one fails here and not mid-epoch."""
     datasets = _file_datasets(cfg)
     if not datasets:
         report.add(True, 'files', 'no pipeline step reads sample files')
+        return
     from mmdet3d.registry import DATASETS
     done = set()  # a file shared by datasets (val = test) is checked once
     for where, ds_cfg, reads in datasets:

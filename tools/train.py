@@ -72,10 +72,10 @@ def main(argv=None) -> None:
     if args.resume == 'auto':
         cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
-        if not osp.isfile(args.resume):
+        if not osp.exists(args.resume):  # a file, or a sharded checkpoint folder (FSDP2)
             raise ConfigCheckError(f'--resume checkpoint not found: {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
-    if cfg.get('load_from') and '://' not in cfg.load_from and not osp.isfile(cfg.load_from):
+    if cfg.get('load_from') and '://' not in cfg.load_from and not osp.exists(cfg.load_from):
         raise ConfigCheckError(f'load_from checkpoint not found: {cfg.load_from}')
     splits = ('train', 'val') if cfg.get('val_cfg') else ('train',)
     check_ann_files(cfg, splits)

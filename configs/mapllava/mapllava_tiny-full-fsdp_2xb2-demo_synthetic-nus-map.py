@@ -1,8 +1,8 @@
 # The demo's tiny model with its LLM fully fine-tuned and sharded by FSDP2 (`FSDP2Strategy`
-# through `MapFlexibleRunner`): stage 3's sharded path at a size that 2 CPU processes train.
-#   bash tools/dist_train.sh configs/mapllava/mapllava_tiny-full-fsdp_2xb2-demo_synthetic-nus-map.py 2
-# Two ranks x 2 samples = the demo's batch of 4. The tiny LLM is fp32, so the layers compute
-# in fp32 here (param_dtype=None); the 7B configs use bf16. docs/distributed.md explains it.
+# through `MapFlexibleRunner`): stage 3's sharded path at a size that 2 CPU processes train,
+#   bash tools/dist_train.sh configs/mapllava/<this file> 2
+# Two ranks x 2 samples = the demo's batch of 4. The tiny LLM is fp32, so its layers compute
+# in fp32 here (param_dtype=None); the 7B configs use bf16. See docs/distributed.md.
 _base_ = ['./mapllava_tiny_1xb4-demo_synthetic-nus-map.py']
 
 # prompt_cache=False: one pass per LLM layer, which FSDP2 needs when the LLM trains

@@ -35,12 +35,18 @@ model = dict(
             type='LSSViewTransform', in_channels=256, out_channels=bev_channels,
             depth_bins=(1.0, 60.0, 0.5), downsample=2),
         pc_range=point_cloud_range,
-        bev_size=bev_size),
+        bev_size=bev_size,
+        # memory switches: activation checkpointing (with_cp) and channels-last memory format
+        # for the image backbone; gradient_checkpointing / with_cp below for the Q-Former, the
+        # LLM and the map decoder (cost and saving: docs/benchmarks.md)
+        with_cp=False,
+        channels_last=False),
     neck=dict(
         type='QFormerNeck',
         in_channels=bev_channels,
         pretrained=qformer_path,  # encoder_hidden_size stays the checkpoint's 1408
-        downsample=2),  # 100x50 = 5000 BEV memory tokens
+        downsample=2,  # 100x50 = 5000 BEV memory tokens
+        gradient_checkpointing=False),
     bridge=dict(
         type='LLMBridge',
         in_channels=qformer_width,
@@ -51,7 +57,8 @@ model = dict(
         dtype='bf16',
         # 'bidirectional': map queries see each other in the LLM (demo ablation:
         # a tie within noise, docs/benchmarks.md)
-        map_query_attention='causal'),
+        map_query_attention='causal',
+        gradient_checkpointing=False),
     map_head=dict(
         type='MapTRHead',
         num_classes=num_classes,
@@ -65,4 +72,5 @@ model = dict(
         ffn_dims=512,
         dropout=0.1,
         pc_range=point_cloud_range,
-        max_per_img=50))
+        max_per_img=50,
+        with_cp=False))

@@ -17,12 +17,12 @@ from mmengine.runner import Runner
 
 from ..hooks.divergence_check_hook import TrainingDivergedError
 from ..transforms.loading import CorruptFileError
-from ..utils.safe_pickle import UnsafePickleError
+from ..utils.safe_pickle import DataFileError, UnsafePickleError
 from .config_checks import ConfigCheckError, check_config_keys, validate_cfg_options
 from .map_runner import CheckpointMismatchError
 
 USER_ERRORS = (ConfigCheckError, CheckpointMismatchError, FileNotFoundError, UnsafePickleError,
-               CorruptFileError, TrainingDivergedError)
+               DataFileError, CorruptFileError, TrainingDivergedError)
 
 
 def load_config(path: str, cfg_options: Optional[dict], launcher: str,

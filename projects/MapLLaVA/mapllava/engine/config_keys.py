@@ -37,8 +37,9 @@ FIXED_KEYS = {
 # ``**kwargs`` that a signature cannot follow but that take no further keys: CheckpointHook
 # passes its own to ``runner.save_checkpoint``, which already gets every argument it takes
 _CLOSED_KWARGS = (CheckpointHook,)
-# what the runner itself passes to the loops (``default_args``), and reads from hook dicts
+# passed to the loops by the runner itself (``default_args``), not config keys
 _RUNNER_GIVEN = frozenset(('self', 'runner', 'dataloader', 'evaluator'))
+# read from every hook dict by ``Runner.register_hook``
 _HOOK_EXTRA = frozenset(('type', 'priority'))
 
 
@@ -120,7 +121,7 @@ def _checked_dicts(tree: dict) -> Iterator[tuple]:
         yield f'custom_hooks.{i}', hook
 
 
-def unread_key_reason(consumer: str, keys: frozenset, key: str) -> str:
+def _unread_key_reason(consumer: str, keys: frozenset, key: str) -> str:
     """``'<key>' is not read by <consumer> (did you mean ...?)``."""
     close = difflib.get_close_matches(key, sorted(keys), n=3)
     hint = (f'did you mean {", ".join(close)}?' if close
@@ -136,6 +137,6 @@ def unread_keys(tree: dict) -> list:
         if known is None:
             continue
         consumer, keys = known
-        found += [(f'{path}.{key}', unread_key_reason(consumer, keys, str(key)))
+        found += [(f'{path}.{key}', _unread_key_reason(consumer, keys, str(key)))
                   for key in node if key not in keys]
     return found

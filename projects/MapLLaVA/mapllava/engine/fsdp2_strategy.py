@@ -60,7 +60,7 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..models.llm.hf_utils import to_torch_dtype
-from .map_runner import check_state_dict
+from .map_runner import CheckpointResumeError, check_state_dict
 from .rng_state import get_rng_state, set_rng_state
 from .sharded_checkpoint import (
     MODEL_KEY,
@@ -257,7 +257,9 @@ class FSDP2Strategy(DDPStrategy):
         checkpoint['meta'] = dict(checkpoint.get('meta') or {})
         checkpoint['meta'].update(
             seed=self.seed, time=time.strftime('%Y%m%d_%H%M%S', time.localtime()),
-            mmengine=mmengine.__version__ + get_git_hash(), rng_state=get_rng_state())
+            mmengine=mmengine.__version__ + get_git_hash())
+        # the runner passes the state the next step starts from (MapFlexibleRunner)
+        checkpoint['meta'].setdefault('rng_state', get_rng_state())
         if save_param_scheduler and hasattr(self, 'param_schedulers'):
             checkpoint['param_schedulers'] = self.scheduler_state_dict()
         sharded = save_optimizer and hasattr(self, 'optim_wrapper')
@@ -324,9 +326,10 @@ class FSDP2Strategy(DDPStrategy):
         """Continue exactly from a sharded folder: weights, AdamW, schedulers, generators."""
         self.logger.info(f'Resume checkpoint from {filename}')
         if not is_sharded_checkpoint(filename):
-            raise FileNotFoundError(
-                f'{filename}: FSDP2Strategy resumes from the sharded checkpoint folders it '
-                'writes (checkpoint_epoch_N.pth/); a single file can only be load_from')
+            raise CheckpointResumeError(
+                f'cannot resume from {filename}: FSDP2Strategy resumes from the sharded '
+                'checkpoint folders it writes (checkpoint_epoch_N.pth/, with the optimizer '
+                f'state); use load_from={filename} to start a new run from its weights')
         checkpoint = read_extra(filename)
         if callback is not None:
             callback(checkpoint)

@@ -122,3 +122,17 @@ def make_batch(batch_size: int, img_hw: Sequence[int], num_classes: int = 3,
         imgs.append(packed['inputs']['img'])
         samples.append(packed['data_samples'])
     return dict(inputs=dict(img=imgs), data_samples=samples)
+
+
+def with_crop_shift(batch: dict, shift_px: Sequence[float] = (8.0, 4.0)) -> dict:
+    """The same images as if cropped ``shift_px = (x, y)`` pixels further right and down:
+    every sample's ``img_aug_matrix`` (so its calibration values) changes, no shape does.
+    Used to show that a compiled model does not recompile for another sample's rig."""
+    samples = []
+    for sample in batch['data_samples']:
+        sample = sample.clone()
+        aug = np.array(sample.img_aug_matrix, dtype=np.float64, copy=True)
+        aug[..., :2, 3] -= np.asarray(shift_px, dtype=np.float64)
+        sample.set_metainfo(dict(img_aug_matrix=aug))
+        samples.append(sample)
+    return dict(inputs=batch['inputs'], data_samples=samples)

@@ -91,6 +91,10 @@ def safe_load_pickle(path: str) -> Any:
             raise UnsafePickleError(f'{path}: {exc}') from None
 
 
+class DataFileError(ValueError):
+    """An info / predictions file that is not readable in its declared format."""
+
+
 def load_data_file(path: str) -> Any:
     """Read an info / predictions file by extension: ``.pkl``/``.pickle`` (restricted),
     ``.json`` or ``.yaml``/``.yml`` (safe loader; mmengine's yaml loader builds objects)."""
@@ -99,9 +103,16 @@ def load_data_file(path: str) -> Any:
         return safe_load_pickle(path)
     if ext == '.json':
         with open(path, encoding='utf-8') as f:
-            return json.load(f)
+            try:
+                return json.load(f)
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f'{path}: not valid JSON ({exc})') from None
     if ext in ('.yaml', '.yml'):
         import yaml
         with open(path, encoding='utf-8') as f:
-            return yaml.safe_load(f)
-    raise ValueError(f'{path}: unsupported file type {ext!r} (expected .pkl, .json or .yaml)')
+            try:
+                return yaml.safe_load(f)
+            except yaml.YAMLError as exc:
+                msg = ' '.join(str(exc).split())
+                raise DataFileError(f'{path}: not valid YAML ({msg})') from None
+    raise DataFileError(f'{path}: unsupported file type {ext!r} (expected .pkl, .json or .yaml)')

@@ -12,6 +12,7 @@ from mmdet3d.registry import MODELS, TASK_UTILS
 from mmengine.model import BaseModule, bias_init_with_prob
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from ..task_modules import solve_assignments
 from .map_decoder import MapDecoderLayer
@@ -97,6 +98,8 @@ class MapTRHead(BaseModule):
         loss_cls: classification loss config (sigmoid focal loss).
         loss_pts: point regression loss config on normalized coordinates.
         loss_dir_weight: weight of the ``1 - cos`` loss between consecutive point differences.
+        with_cp: recompute each decoder layer in backward (non-reentrant activation
+            checkpointing; training only).
     """
 
     def __init__(self,
@@ -125,6 +128,7 @@ class MapTRHead(BaseModule):
                      loss_weight=2.0),
                  loss_pts: dict = dict(type='mmdet.L1Loss', loss_weight=5.0),
                  loss_dir_weight: float = 0.005,
+                 with_cp: bool = False,
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(init_cfg)
         self.num_classes = num_classes
@@ -136,6 +140,7 @@ class MapTRHead(BaseModule):
         self.aux_loss_weight = aux_loss_weight
         self.max_per_img = max_per_img
         self.loss_dir_weight = loss_dir_weight
+        self.with_cp = with_cp
         if len(pc_range) == 6:
             pc_range = (pc_range[0], pc_range[1], pc_range[3], pc_range[4])
         self.register_buffer('pc_range', torch.tensor(pc_range, dtype=torch.float32),
@@ -206,8 +211,11 @@ class MapTRHead(BaseModule):
         all_cls, all_pts = [], []
         for layer, cls_branch, reg_branch in zip(self.layers, self.cls_branches,
                                                  self.reg_branches):
-            query = layer(query, query_pos, value, ref, spatial_shapes, level_start_index,
-                          group_mask)
+            args = (query, query_pos, value, ref, spatial_shapes, level_start_index, group_mask)
+            if self.with_cp and self.training and torch.is_grad_enabled():
+                query = checkpoint(layer, *args, use_reentrant=False)
+            else:
+                query = layer(*args)
             feats = query.view(batch, num_inst, self.num_pts, -1)
             all_cls.append(cls_branch(feats.mean(2)))
             new_ref = (inverse_sigmoid(ref) + reg_branch(query).float()).sigmoid()

@@ -30,6 +30,19 @@ def to_torch_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
+def enable_activation_checkpointing(model: torch.nn.Module) -> None:
+    """Recompute ``model``'s (a ``PreTrainedModel``) layers in backward, non-reentrant.
+
+    transformers >= 5.2x names it ``activation_checkpointing_enable``; older 5.x only has
+    ``gradient_checkpointing_enable``.
+    """
+    kwargs = {'use_reentrant': False}
+    if hasattr(model, 'activation_checkpointing_enable'):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def is_offline() -> bool:
     """Whether the Hugging Face libraries were told not to touch the network."""
     flags = (os.environ.get(k, '').upper() for k in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE'))

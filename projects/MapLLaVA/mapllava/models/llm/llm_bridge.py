@@ -10,7 +10,13 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTra
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .base_bridge import MapQueryBridge
-from .hf_utils import check_loading_info, check_pretrained_path, load_error, to_torch_dtype
+from .hf_utils import (
+    check_loading_info,
+    check_pretrained_path,
+    enable_activation_checkpointing,
+    load_error,
+    to_torch_dtype,
+)
 from .prompt_cache import (
     PromptStates,
     allow_checkpointing_with_prompt_cache,
@@ -206,11 +212,7 @@ class LLMBridge(MapQueryBridge):
         self.register_buffer('prompt_ids', torch.tensor(prompt_ids, dtype=torch.long),
                              persistent=False)
         if gradient_checkpointing:
-            kwargs = {'use_reentrant': False}
-            if hasattr(llm, 'activation_checkpointing_enable'):  # transformers >= 5.2x
-                llm.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-            else:
-                llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            enable_activation_checkpointing(llm)
         allow_checkpointing_with_prompt_cache(llm)
         self.llm = self._apply_mode(llm, mode, lora_cfg, compute_dtype)
         self._frozen_prompt: tuple[tuple, PromptStates] | None = None
@@ -305,7 +307,11 @@ class LLMBridge(MapQueryBridge):
         decoder(inputs_embeds=embeds, past_key_values=cache, use_cache=False)
         return prompt_states(cache)
 
+    @torch.compiler.disable
     def _prompt_states(self, decoder: nn.Module) -> PromptStates:
+        """Eager even in a compiled model: the frozen states are kept across calls (a CUDA
+        graph's outputs would be overwritten by its next replay), and whether they exist yet
+        must not become a guard that recompiles the second call."""
         if self.mode != 'frozen':
             return self._run_prompt(decoder)
         weight = decoder.get_input_embeddings().weight

@@ -13,6 +13,7 @@ from ..llm.hf_utils import (
     PretrainedWeightsError,
     check_pretrained_path,
     check_state_fits,
+    enable_activation_checkpointing,
     list_tensor_names,
     preview_keys,
     read_config,
@@ -74,6 +75,8 @@ class QFormerNeck(BaseModule):
             tokens; 2 gives 5k.
         downsample_mode: ``'avg'`` (parameter-free average pooling) or ``'conv'`` (strided
             conv).
+        gradient_checkpointing: recompute the Q-Former layers in backward (transformers'
+            non-reentrant activation checkpointing; training only).
     """
 
     def __init__(self,
@@ -83,6 +86,7 @@ class QFormerNeck(BaseModule):
                  pretrained: str | None = None,
                  downsample: int = 1,
                  downsample_mode: str = 'avg',
+                 gradient_checkpointing: bool = False,
                  init_cfg: dict | None = None) -> None:
         super().__init__(init_cfg)
         base_cfg, state = {}, None
@@ -120,6 +124,8 @@ class QFormerNeck(BaseModule):
             torch.randn(1, self.num_query_tokens, hidden) * config.initializer_range)
         if state is not None:
             self._load_pretrained(state, pretrained)
+        if gradient_checkpointing:
+            enable_activation_checkpointing(self.qformer)
 
     def _load_pretrained(self, state: dict[str, Tensor], path: str) -> None:
         """Copy the checkpoint's Q-Former and query tokens in; refuse anything that does not fit.
