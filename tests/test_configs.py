@@ -33,7 +33,8 @@ def _shrink(model_cfg) -> None:
                                 num_attention_heads=4, intermediate_size=128,
                                 encoder_hidden_size=64, cross_attention_frequency=1)
     bridge = model_cfg.bridge
-    if bridge.type == 'LLMBridge' and (bridge.get('llm_path') or bridge.get('llm_cfg')):
+    big_cfg = (bridge.get('llm_cfg') or {}).get('hidden_size', 0) > 1024  # benchmark stand-in
+    if bridge.type == 'LLMBridge' and (bridge.get('llm_path') or big_cfg):
         bridge.llm_path, bridge.llm_cfg = None, dict(TINY_LLM)  # keeps the config's dtype
 
 

@@ -1,8 +1,11 @@
 """Train a MapLLaVA model: the same command line as mmdet3d 1.4's ``tools/train.py``.
 
 Before the runner is built, bad input fails with one clear message (exit status 2):
-unknown ``--cfg-options`` keys, missing info files, LLM / BLIP-2 paths that do not resolve,
-and (in the runner) a checkpoint whose keys do not fit the model.
+unknown ``--cfg-options`` keys, keys of ``train_cfg`` / ``env_cfg`` / hooks ... that nothing
+reads (in the file or the overrides), missing info files, LLM / BLIP-2 paths that do not
+resolve, and (in the runner) a checkpoint whose keys do not fit the model. During training,
+a missing or undecodable image (sample token and path) and a diverged run ("training diverged
+at iteration N", nothing saved from it) end the same way.
 """
 import argparse
 import logging

@@ -10,7 +10,7 @@ default_hooks = dict(
     # checkpoint_epoch_N.pth every epoch, best_model.pth by val mAP, final_model.pth at the end
     checkpoint=dict(type='MapCheckpointHook', interval=1, max_keep_ckpts=3, save_best='mAP'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
-    # a NaN / inf loss stops the run in that iteration, before anything saves the weights
+    # a NaN / inf loss or gradient norm stops the run in that iteration, before any save
     divergence=dict(type='DivergenceCheckHook'),
 )
 

@@ -63,7 +63,7 @@ class DivergenceCheckHook(Hook):
         values = {name: float(value.detach() if isinstance(value, torch.Tensor) else value)
                   for name, value in (outputs or {}).items() if 'loss' in name}
         grad_norm = runner.message_hub.log_scalars.get('train/grad_norm')
-        if grad_norm is not None and not _scaled(runner.optim_wrapper):
+        if grad_norm is not None and not _scaled(getattr(runner, 'optim_wrapper', None)):
             # a value from an earlier step was finite, or training would have stopped there
             values['grad_norm'] = float(grad_norm.current())
         bad = {name: value for name, value in values.items() if not math.isfinite(value)}
