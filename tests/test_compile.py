@@ -50,12 +50,10 @@ def tiny_detector(**bridge) -> torch.nn.Module:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('mode', ['frozen', 'lora'])
-def test_compiled_loss_path_gives_the_eager_losses(mode):
+def test_compiled_loss_path_gives_the_eager_losses():
     """The parts ``MapLLaVA.loss`` runs (BEV encoder, Q-Former, bridge, the head's loss with
     the Hungarian matching), compiled with ``fullgraph=False``, then one backward."""
-    model = tiny_detector(mode=mode, lora_cfg=dict(r=4, lora_alpha=8, lora_dropout=0.0))
-    model.train()
+    model = tiny_detector().train()
     data = model.data_preprocessor(make_batch(2, (64, 112), num_instances=6, seed=1),
                                    training=True)
     inputs, samples = data['inputs'], data['data_samples']

@@ -12,6 +12,7 @@ import torch.distributed as dist
 from _toy_training import REPO_ROOT, write_toy_config
 from mmengine.config import Config
 from mmengine.model import BaseModel
+from test_training_tools import _tool
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy
@@ -26,7 +27,6 @@ from projects.MapLLaVA.mapllava.engine.config_checks import (
 from projects.MapLLaVA.mapllava.engine.fsdp2_strategy import mixed_precision_policies
 from projects.MapLLaVA.mapllava.engine.sharded_checkpoint import is_sharded_checkpoint
 from projects.MapLLaVA.mapllava.models.llm.llm_bridge import LLMBridge
-from test_training_tools import _tool
 
 CONFIGS = osp.join(REPO_ROOT, 'configs', 'mapllava')
 FSDP_CONFIGS = {'full': 'mapllava_r50_vicuna7b-full-fsdp_8xb4-3e_nus-map.py',
@@ -139,9 +139,50 @@ def test_shards_each_layer_then_the_root_in_mixed_precision(tmp_path, one_rank_g
     assert seen == dict(layer=torch.bfloat16, out=torch.bfloat16, head=torch.float32)
     for name, param in model.named_parameters():
         assert isinstance(param, DTensor) and param.dtype == torch.float32, name
-        assert param.grad is not None and param.grad.dtype == torch.float32, name
+        if 'embed_tokens' not in name:  # the only one the forward (inputs_embeds) skips
+            assert param.grad is not None and param.grad.dtype == torch.float32, name
     # names stay those of the unwrapped model: per-group learning rates still match them
     assert 'llm.layers.0.self_attn.q_proj.weight' in model.state_dict()
+
+
+class _BridgeRoot(nn.Module):
+    def __init__(self, mode: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.bridge = LLMBridge(in_channels=16, embed_dims=8, num_map_queries=4,
+                                llm_cfg=dict(model_type='llama', **TINY_LLAMA), mode=mode,
+                                dtype='bf16', prompt_cache=False)
+
+    def forward(self, scene):
+        return self.bridge(scene)
+
+
+@pytest.mark.parametrize('mode', ['lora', 'full'])
+def test_llm_bridge_shards_and_trains(tmp_path, one_rank_group, mode):
+    """The stage-3 bridges under the 7B configs' strategy: bf16 layers, fp32 gradients
+    for exactly what trains (the LLM's fp32 masters in ``full``, the adapters in ``lora``)."""
+    strategy = _strategy(tmp_path, mixed_precision=dict(param_dtype='bf16', reduce_dtype='fp32'),
+                         activation_checkpointing=True)
+    model = strategy._wrap_model(_BridgeRoot(mode))
+    model(torch.randn(2, 6, 16)).float().pow(2).sum().backward()
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    llm = [n for n in trained if n.startswith('bridge.llm.')]
+    assert llm and all(('lora_' in n) == (mode == 'lora') for n in llm)
+    for name, param in trained.items():
+        assert isinstance(param, DTensor) and param.dtype == torch.float32, name
+        if 'embed_tokens' not in name:  # inputs_embeds: the embedding table is not read
+            assert param.grad is not None and param.grad.dtype == torch.float32, name
+
+
+def test_cpu_offload_trains(tmp_path, one_rank_group):
+    strategy = _strategy(tmp_path, cpu_offload=True, activation_checkpointing=True)
+    model = strategy._wrap_model(TinyLLMModel())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    before = model.head.weight.full_tensor().clone()
+    model(torch.randn(2, 5, 8))['loss'].backward()
+    optimizer.step()
+    assert not torch.equal(model.head.weight.full_tensor(), before)
+    assert model.head.weight.to_local().device.type == 'cpu'
 
 
 def test_wrap_errors(tmp_path, one_rank_group):
@@ -195,6 +236,26 @@ def test_one_process_load_is_strict(tmp_path):
     torch.testing.assert_close(strategy.model.llm.norm.weight, state['llm.norm.weight'])
 
 
+def test_one_process_load_from_a_sharded_folder(tmp_path):
+    """``load_from`` a sharded folder reads its model shards only, with the key check."""
+    saver = _strategy(tmp_path / 'a', launcher='none')
+    saver.prepare(TinyLLMModel(), optim_wrapper=dict(optimizer=dict(type='AdamW', lr=1e-3)))
+    with torch.no_grad():
+        saver.model.head.weight.add_(1.0)
+    folder = str(tmp_path / 'checkpoint_epoch_1.pth')
+    saver.save_checkpoint(folder, extra_ckpt=dict(meta=dict(epoch=1, iter=1)))
+    assert is_sharded_checkpoint(folder)
+    loader = _strategy(tmp_path / 'b', launcher='none')
+    loader.prepare(TinyLLMModel())
+    meta = loader.load_checkpoint(folder)['meta']
+    assert meta['epoch'] == 1 and 'rng_state' in meta
+    for key, value in saver.model.state_dict().items():
+        torch.testing.assert_close(loader.model.state_dict()[key], value, msg=key)
+    loader.model.extra = nn.Linear(2, 2)  # a key the folder lacks
+    with pytest.raises(CheckpointMismatchError, match='extra.weight'):
+        loader.load_checkpoint(folder)
+
+
 def _flexible_toy(path, work_dir, **kwargs) -> str:
     """The toy config on MapFlexibleRunner + FSDP2Strategy; one process, so no sharding."""
     return write_toy_config(path, work_dir, runner_type='MapFlexibleRunner',
@@ -225,8 +286,28 @@ def test_one_process_checkpoints_resume_and_export(tmp_path):
     export_tool.main([osp.join(straight, 'checkpoint_epoch_2.pth'), exported])
     export = torch.load(exported, weights_only=True)
     assert all(torch.equal(export['state_dict'][k], v) for k, v in ref['state_dict'].items())
-    # the export is an ordinary checkpoint: MapRunner's tools/test.py loads it strictly
+    # the export is an ordinary checkpoint: tools/test.py loads it strictly in one process,
+    # with MapRunner and with the sharded config
     test_tool.main([write_toy_config(tmp_path / 't.py', str(tmp_path / 'test')), exported])
+    test_tool.main([_flexible_toy(tmp_path / 'tf.py', str(tmp_path / 'test_flex')), exported])
+
+
+def test_one_process_resume_mid_epoch(tmp_path):
+    """An iteration checkpoint (iteration 3 of 4 in epoch 1) resumes where it stopped."""
+    hooks = dict(checkpoint=dict(type='MapCheckpointHook', by_epoch=False, interval=3,
+                                 save_best=None))
+    straight = str(tmp_path / 'straight')
+    train_tool.main([_flexible_toy(tmp_path / 's.py', straight, stochastic=True,
+                                   default_hooks=hooks)])
+    resumed = str(tmp_path / 'resumed')
+    train_tool.main([_flexible_toy(tmp_path / 'r.py', resumed, stochastic=True,
+                                   default_hooks=hooks),
+                     '--resume', osp.join(straight, 'checkpoint_iter_3.pth')])
+    ref = torch.load(osp.join(straight, 'final_model.pth'), weights_only=True)
+    got = torch.load(osp.join(resumed, 'final_model.pth'), weights_only=True)
+    assert got['meta']['iter'] == ref['meta']['iter'] == 8
+    for key, value in ref['state_dict'].items():
+        torch.testing.assert_close(got['state_dict'][key], value, rtol=0, atol=0, msg=key)
 
 
 def test_resume_and_export_refuse_single_files(tmp_path, capsys):
@@ -238,3 +319,5 @@ def test_resume_and_export_refuse_single_files(tmp_path, capsys):
         train_tool.main([cfg, '--resume', final])
     with pytest.raises(ConfigCheckError, match='not a sharded checkpoint folder'):
         export_tool.main([final, str(tmp_path / 'out.pth')])
+    with pytest.raises(ConfigCheckError, match='sharded checkpoint folder; write it as one'):
+        test_tool.main([cfg, osp.join(work, 'checkpoint_epoch_1.pth')])

@@ -40,7 +40,8 @@ pipeline = [
     dict(type='MultiViewResize', scale=(160, 90)),
     dict(type='PackMapInputs'),
 ]
-train_dataloader = dict(dataset=dict(data_root=data_root, pipeline=pipeline, indices=8))
+train_dataloader = dict(batch_size={batch},
+                        dataset=dict(data_root=data_root, pipeline=pipeline, indices=8))
 val_dataloader = dict(dataset=dict(data_root=data_root, pipeline=pipeline))
 test_dataloader = val_dataloader
 chamfer = dict(type='ChamferMapMetric', ann_file=data_root + 'nuscenes_map_infos_val.pkl')
@@ -59,7 +60,6 @@ log_level = 'WARNING'
 '''
 # the same model and global batch in one process, with mmengine's Runner (MapRunner)
 SINGLE = '''runner_type = 'MapRunner'
-train_dataloader = dict(batch_size=4)
 val_cfg = None
 val_dataloader = None
 val_evaluator = None
@@ -67,8 +67,9 @@ custom_hooks = [dict(type='GroupLRLoggerHook')]
 '''
 
 
-def _config(path, root: str, work_dir: str, extra: str = '') -> str:
-    text = CONFIG.format(base=FSDP_TINY, root=root.rstrip('/') + '/', work_dir=work_dir)
+def _config(path, root: str, work_dir: str, batch: int = 2, extra: str = '') -> str:
+    text = CONFIG.format(base=FSDP_TINY, root=root.rstrip('/') + '/', work_dir=work_dir,
+                         batch=batch)
     with open(path, 'w') as f:
         f.write(text + extra)
     return str(path)
@@ -104,7 +105,7 @@ def runs(synthetic_root, tmp_path_factory):
     _dist_train(_config(tmp / 'sharded.py', synthetic_root, sharded), tmp)
     _dist_train(_config(tmp / 'resumed.py', synthetic_root, resumed), tmp,
                 '--resume', osp.join(sharded, 'checkpoint_epoch_1.pth'))
-    single_cfg = _config(tmp / 'single.py', synthetic_root, single, SINGLE)
+    single_cfg = _config(tmp / 'single.py', synthetic_root, single, batch=4, extra=SINGLE)
     train_tool.main([single_cfg])
     return dict(tmp=tmp, sharded=sharded, resumed=resumed, single=single, single_cfg=single_cfg)
 

@@ -66,6 +66,9 @@ def _add_visualization(cfg, show_dir: str, score_thr: float) -> None:
 def main(argv=None) -> None:
     args = parse_args(argv)
     cfg = cli.load_config(args.config, args.cfg_options, args.launcher, args.work_dir)
+    if osp.isdir(args.checkpoint):
+        raise ConfigCheckError(f'{args.checkpoint} is a sharded checkpoint folder; write it '
+                               'as one file with tools/export_checkpoint.py first')
     if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
         raise ConfigCheckError(f'checkpoint not found: {args.checkpoint}')
     cfg.load_from, cfg.resume = args.checkpoint, False

@@ -27,6 +27,10 @@ custom_hooks = [dict(type='GroupLRLoggerHook')]
 vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='Visualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(type='LogProcessor', window_size=20, by_epoch=True)
+# True, or torch.compile kwargs (e.g. dict(mode='max-autotune')): mmengine's Runner compiles
+# the train step (the model has no data-dependent shapes or host syncs in it; mmcv's
+# deformable attention still breaks the graph once per decoder layer)
+compile = False
 log_level = 'INFO'
 load_from = None
 resume = False

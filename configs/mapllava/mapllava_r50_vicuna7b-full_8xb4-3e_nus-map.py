@@ -1,6 +1,7 @@
 # Stage 3: start from the stage-2 checkpoint and fine-tune the whole LLM at 1e-6 for 3 epochs
-# (1e-4 base x 0.01); the rest keeps its stage-2 learning rates. Needs FSDP or DeepSpeed past
-# one 80 GB GPU (see docs/benchmarks.md).
+# (1e-4 base x 0.01); the rest keeps its stage-2 learning rates. Under DDP (this config) each
+# GPU needs ~126 GB; train its sharded child mapllava_r50_vicuna7b-full-fsdp_8xb4-3e_nus-map.py
+# (FSDP2, docs/distributed.md; memory model in docs/benchmarks.md).
 _base_ = ['./mapllava_r50_vicuna7b-frozen_8xb4-12e_nus-map.py']
 
 model = dict(bridge=dict(mode='full', gradient_checkpointing=True))

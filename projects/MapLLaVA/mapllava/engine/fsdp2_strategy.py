@@ -133,7 +133,6 @@ class FSDP2Strategy(DDPStrategy):
         self.activation_checkpointing = bool(activation_checkpointing)
         self.reshard_after_forward = bool(reshard_after_forward)
         self.checkpoint_check = dict(checkpoint_check or {})
-        self.sharded_modules: list[str] = []
         super().__init__(**kwargs)
 
     # ------------------------------------------------------------------ wrapping
@@ -153,12 +152,13 @@ class FSDP2Strategy(DDPStrategy):
         if self.activation_checkpointing:
             layers = [(name, self._checkpointed(model, name, layer)) for name, layer in layers]
         mesh = init_device_mesh(torch.device(device).type, (self.world_size, ))
-        offload = CPUOffloadPolicy() if self.cpu_offload else OffloadPolicy()
+        # pinned host memory for fast copies needs an accelerator; plain memory on CPU runs
+        offload = (CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if self.cpu_offload
+                   else OffloadPolicy())
         for _, layer in reversed(layers):  # bottom-up: a unit excludes what is already one
             fully_shard(layer, mesh=mesh, mp_policy=self.layer_mp_policy,
                         offload_policy=offload, reshard_after_forward=self.reshard_after_forward)
         fully_shard(model, mesh=mesh, mp_policy=self.root_mp_policy, offload_policy=offload)
-        self.sharded_modules = [name for name, _ in layers] + ['']
         self.logger.info(f'FSDP2: {len(layers)} {"/".join(self.layer_cls)} units + the root '
                          f'over {self.world_size} ranks, layers {self.layer_mp_policy}, '
                          f'cpu_offload={self.cpu_offload}, '

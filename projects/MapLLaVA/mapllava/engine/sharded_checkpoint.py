@@ -88,7 +88,7 @@ def save_sharded(tensors: dict, extra: dict, path: str) -> None:
     if _is_rank0():
         _remove(tmp)
     _barrier()
-    dcp.save(tensors, checkpoint_id=tmp)
+    dcp.save(tensors, checkpoint_id=tmp, no_dist=not dist.is_initialized())
     if _is_rank0():
         atomic_torch_save(extra, osp.join(tmp, EXTRA_FILE))
         _replace(tmp, path)
@@ -97,7 +97,7 @@ def save_sharded(tensors: dict, extra: dict, path: str) -> None:
 
 def load_sharded(template: dict, path: str) -> None:
     """Fill ``template`` (same nesting as saved, e.g. ``{'state_dict': ...}``) in place."""
-    dcp.load(template, checkpoint_id=path)
+    dcp.load(template, checkpoint_id=path, no_dist=not dist.is_initialized())
 
 
 def read_extra(path: str) -> dict:
