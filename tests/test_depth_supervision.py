@@ -33,13 +33,7 @@ ROTS = (np.array([[1.0, 0, 0], [0, 0, -1], [0, 1, 0]]),  # looking forward (+y)
 BINS = (4.0, 40.0, 2.0)  # candidates 4, 6, ..., 38 m; a target needs 3 m <= d < 39 m
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """One intra-op thread: the shared 2-core machine is oversubscribed otherwise."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def pinhole(focal: float = FOCAL, cx: float = CX, cy: float = CY) -> np.ndarray:

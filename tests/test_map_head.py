@@ -11,14 +11,7 @@ NUM_PTS = 20
 PC_RANGE = torch.tensor([-15.0, -30.0, 15.0, 30.0])
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """One intra-op thread: two OpenMP threads per process oversubscribe a shared 2-core
-    machine and make these small tests several times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 def line_shifts(line: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -84,14 +84,7 @@ def make_data(batch: int = 1, num_cams: int = 2, seed: int = 0) -> dict:
     return dict(inputs=dict(img=imgs), data_samples=samples)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process
-    oversubscribe the cores and a training step gets 5-20x slower (measured 0.65 s vs 3-18 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 BRIDGES = {

@@ -32,12 +32,7 @@ SMALL_LLAMA = dict(model_type='llama', hidden_size=64, intermediate_size=128,
                    vocab_size=256, max_position_embeddings=512)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures('single_thread')
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import torch
 from mmdet3d.registry import METRICS
 from mmengine.evaluator import BaseMetric
 
-from .map_runner import atomic_write
+from .runner_conventions import atomic_write
 
 FORMAT_NAME = 'mapllava-predictions'
 FORMAT_VERSION = 1

@@ -60,8 +60,9 @@ from torch.distributed.fsdp import (
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..models.llm.hf_utils import to_torch_dtype
-from .map_runner import CheckpointResumeError, check_state_dict
+from .map_runner import check_state_dict
 from .rng_state import get_rng_state, set_rng_state
+from .runner_conventions import CheckpointResumeError
 from .sharded_checkpoint import (
     MODEL_KEY,
     atomic_torch_save,

@@ -19,26 +19,22 @@ adds what ``MapRunner`` adds to ``Runner`` at the runner level:
 """
 from __future__ import annotations
 
-import os.path as osp
 from typing import Optional, Union
 
 from mmdet3d.registry import RUNNERS
 from mmengine._strategy import BaseStrategy
-from mmengine.dist import master_only
 from mmengine.fileio import join_path
 from mmengine.registry import STRATEGIES
 from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner
 
 from .fsdp2_strategy import FSDP2Strategy
-from .map_runner import MapRunner, atomic_write
-from .rng_state import get_rng_state, set_rng_state
+from .runner_conventions import MapRunnerConventions
 
 
 @RUNNERS.register_module()
-class MapFlexibleRunner(FlexibleRunner):
+class MapFlexibleRunner(MapRunnerConventions, FlexibleRunner):
     """FlexibleRunner with strict loading, exact resume and config.py (see the module)."""
 
-    _val_rng_state: Optional[dict] = None  # set while validation runs
     _loaded_meta: Optional[dict] = None  # meta of the checkpoint being resumed
 
     def build_strategy(self, strategy: Optional[Union[BaseStrategy, dict]] = None,
@@ -65,8 +61,7 @@ class MapFlexibleRunner(FlexibleRunner):
         meta = dict(meta or {})
         meta.setdefault('epoch', self.epoch + 1 if by_epoch else self.epoch)
         meta.setdefault('iter', self.iter if by_epoch else self.iter + 1)
-        meta['rng_state'] = (self._val_rng_state if self._val_rng_state is not None
-                             else get_rng_state())
+        meta['rng_state'] = self.next_step_rng_state()
         if isinstance(self._train_loop, EpochBasedTrainLoop):
             meta.setdefault('iters_per_epoch', len(self._train_loop.dataloader))
         meta.update(cfg=self.cfg.pretty_text, experiment_name=self.experiment_name)
@@ -86,22 +81,11 @@ class MapFlexibleRunner(FlexibleRunner):
         epoch loop how far into its epoch the checkpoint was written."""
         self._loaded_meta = None
         super().resume(filename, resume_optimizer, resume_param_scheduler, map_location)
-        MapRunner._continue_epoch(self, filename, self._loaded_meta or {})
+        self.continue_epoch(filename, self._loaded_meta or {})
 
     def call_hook(self, fn_name: str, **kwargs) -> None:
-        """Call the hooks as mmengine does; undo validation's random draws (``MapRunner``)
-        and note the meta of a checkpoint being loaded."""
-        if fn_name == 'before_val':
-            self._val_rng_state = get_rng_state()
+        """Call the hooks as :class:`MapRunnerConventions` does, noting the meta of a
+        checkpoint being loaded (the strategy, not the runner, reads the file)."""
         if fn_name == 'after_load_checkpoint':
             self._loaded_meta = kwargs['checkpoint'].get('meta', {})
         super().call_hook(fn_name, **kwargs)
-        if fn_name == 'after_val' and self._val_rng_state is not None:
-            set_rng_state(self._val_rng_state)
-            self._val_rng_state = None
-
-    @master_only
-    def dump_config(self) -> None:
-        """Dump as mmengine does, and also to the fixed name ``<work_dir>/config.py``."""
-        super().dump_config()
-        atomic_write(osp.join(self.work_dir, 'config.py'), self.cfg.pretty_text.encode())

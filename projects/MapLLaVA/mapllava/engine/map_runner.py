@@ -36,9 +36,8 @@ from mmengine.fileio import LocalBackend, get_file_backend
 from mmengine.model import is_model_wrapper
 from mmengine.runner import EpochBasedTrainLoop, Runner
 
-from .config_checks import ConfigCheckError
-from .map_train_loop import MapEpochBasedTrainLoop
-from .rng_state import get_rng_state, set_rng_state
+from .rng_state import set_rng_state
+from .runner_conventions import CheckpointResumeError, MapRunnerConventions
 
 _DEFAULT_REVISE_KEYS = [(r'^module\.', '')]
 _MAX_LISTED = 20
@@ -46,24 +45,6 @@ _MAX_LISTED = 20
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint's state dict does not fit the model."""
-
-
-class CheckpointResumeError(ConfigCheckError):
-    """``resume`` was given a checkpoint that training cannot continue exactly from."""
-
-
-def atomic_write(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` through ``path + '.tmp'`` and ``os.replace``."""
-    tmp = path + '.tmp'
-    try:
-        with open(tmp, 'wb') as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
 
 
 def _fsync_file(path: str) -> None:
@@ -116,10 +97,8 @@ def check_state_dict(model_state: dict, ckpt_state: dict, source: str = 'checkpo
 
 
 @RUNNERS.register_module()
-class MapRunner(Runner):
+class MapRunner(MapRunnerConventions, Runner):
     """Runner with atomic checkpoint writes, strict checkpoint loading and exact resume."""
-
-    _val_rng_state: Optional[dict] = None  # set while validation runs
     _resume_needs: tuple = ()  # checkpoint keys ``resume`` needs, while it runs
 
     @master_only
@@ -133,8 +112,7 @@ class MapRunner(Runner):
         epoch loop, the epoch length, which tells ``resume`` whether the checkpoint was
         written mid-epoch even if the batch size changed since.
         """
-        rng = self._val_rng_state if self._val_rng_state is not None else get_rng_state()
-        meta = dict(meta or {}, rng_state=rng)
+        meta = dict(meta or {}, rng_state=self.next_step_rng_state())
         if isinstance(self._train_loop, EpochBasedTrainLoop):
             meta.setdefault('iters_per_epoch', len(self._train_loop.dataloader))
         kwargs = dict(file_client_args=file_client_args, save_optimizer=save_optimizer,
@@ -195,56 +173,7 @@ class MapRunner(Runner):
         finally:
             self._resume_needs = ()
         meta = getattr(self, '_loaded_meta', {})
-        self._continue_epoch(filename, meta)
+        self.continue_epoch(filename, meta)
         rng_state = meta.get('rng_state')
         if rng_state is not None:
             set_rng_state(rng_state)
-
-    def _continue_epoch(self, filename: str, meta: dict) -> None:
-        """Tell the epoch loop how far into its epoch ``filename`` was written."""
-        loop = self.train_loop
-        if not isinstance(loop, EpochBasedTrainLoop):
-            return
-        per_epoch = meta.get('iters_per_epoch', len(loop.dataloader))  # older checkpoints
-        done = loop.iter - loop.epoch * per_epoch
-        if done == 0:
-            return
-        where = (f'{filename} was written at iteration {loop.iter}, {done} of {per_epoch} '
-                 f'batches into epoch {loop.epoch + 1} (an iteration checkpoint: '
-                 'default_hooks.checkpoint.by_epoch=False)')
-        if not isinstance(loop, MapEpochBasedTrainLoop):
-            raise CheckpointResumeError(
-                f"{where}; {type(loop).__name__} would train that epoch again from its "
-                "first batch: set train_cfg.type='MapEpochBasedTrainLoop' to resume "
-                'mid-epoch, or resume from an epoch checkpoint')
-        if not 0 < done <= per_epoch or per_epoch != len(loop.dataloader):
-            raise CheckpointResumeError(
-                f'{where}, but the train dataloader now has {len(loop.dataloader)} batches '
-                'per epoch: resume mid-epoch with the batch size, dataset and number of '
-                'processes it was saved with, or from an epoch checkpoint')
-        loop.start_mid_epoch(done)
-
-    def call_hook(self, fn_name: str, **kwargs) -> None:
-        """Call the hooks as mmengine does, but undo validation's random draws.
-
-        Validation runs between the end-of-epoch checkpoint and the next epoch and draws
-        from the global generators (each DataLoader iterator draws a base seed; test-time
-        transforms may be random), so the state saved with the checkpoint was not the one
-        the next epoch started from. Saving after validation instead would write each
-        epoch checkpoint twice. With validation random-neutral, the state at the end of
-        the epoch, and at any point of validation (the checkpoint re-saved for a new
-        ``best_model.pth``), is the next epoch's; and training draws the same random
-        numbers whether and how often it validates.
-        """
-        if fn_name == 'before_val':
-            self._val_rng_state = get_rng_state()
-        super().call_hook(fn_name, **kwargs)
-        if fn_name == 'after_val' and self._val_rng_state is not None:
-            set_rng_state(self._val_rng_state)
-            self._val_rng_state = None
-
-    @master_only
-    def dump_config(self) -> None:
-        """Dump as mmengine does, and also to the fixed name ``<work_dir>/config.py``."""
-        super().dump_config()
-        atomic_write(osp.join(self.work_dir, 'config.py'), self.cfg.pretty_text.encode())

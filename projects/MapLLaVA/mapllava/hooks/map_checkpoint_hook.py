@@ -23,7 +23,7 @@ from mmengine.dist import is_main_process
 from mmengine.hooks import CheckpointHook
 from mmengine.logging import print_log
 
-from ..engine.map_runner import atomic_write
+from ..engine.runner_conventions import atomic_write
 
 
 @HOOKS.register_module()
