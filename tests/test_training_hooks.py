@@ -3,7 +3,9 @@ Runner: checkpoint names, atomic saves, strict loading, exact resume, per-group 
 import glob
 import json
 import os.path as osp
+import random
 
+import numpy as np
 import pytest
 import torch
 from _toy_training import write_toy_config
@@ -189,6 +191,56 @@ def test_resume_is_exact_with_validation_and_best_model_update(tmp_path):
     final = osp.join(wd, 'final_model.pth')
     assert len(_weights(final)) == 7
     assert _differing(final, osp.join(ref_dir, 'final_model.pth')) == []  # 0 of 7 differ
+
+
+def _worker_loader(**extra) -> dict:
+    """The toy train loader with 2 worker processes and input jitter drawn in them."""
+    return dict(batch_size=2, num_workers=2, persistent_workers=False,
+                collate_fn=dict(type='pseudo_collate'),
+                sampler=dict(type='DefaultSampler', shuffle=True),
+                dataset=dict(type='ToyMapDataset', size=8, jitter=0.5), **extra)
+
+
+def _epoch_inputs(runner, epochs: int = 2) -> list:
+    loader = runner.build_dataloader(runner.cfg.train_dataloader, seed=runner.seed)
+    return [torch.stack([x for batch in loader for x in batch['inputs']]) for _ in range(epochs)]
+
+
+def test_worker_augmentations_change_every_epoch_and_resume_exactly(tmp_path):
+    """``resumable_worker_init_fn`` (engine/worker_seeding.py): with mmengine's default
+    worker seeding (seed + worker id) workers that restart every epoch draw the same
+    jitter each epoch; with ours each epoch draws its own, and 2 + 1 epochs equal 3."""
+    default = _runner(tmp_path, 'default', train_dataloader=_worker_loader())
+    first, second = _epoch_inputs(default)
+    assert torch.equal(first.sort(0).values, second.sort(0).values)  # mmengine: replayed
+    ours = dict(worker_init_fn=dict(type='resumable_worker_init_fn'))
+    first, second = _epoch_inputs(_runner(tmp_path, 'ours', train_dataloader=_worker_loader(
+        **ours)))
+    assert not torch.equal(first.sort(0).values, second.sort(0).values)
+    straight = _runner(tmp_path, 'straight', max_epochs=3, stochastic=True,
+                       train_dataloader=_worker_loader(**ours))
+    straight.train()
+    for epochs in (2, 3):
+        split = _runner(tmp_path, 'split', max_epochs=epochs, stochastic=True,
+                        resume=epochs > 2, train_dataloader=_worker_loader(**ours))
+        split.train()
+    final = osp.join(split.work_dir, 'final_model.pth')
+    assert _differing(final, osp.join(straight.work_dir, 'final_model.pth')) == []
+
+
+def test_worker_seed_mixes_in_the_rank(monkeypatch):
+    """Same PyTorch worker seed on two ranks (every rank starts from the same seed):
+    different streams; the same rank again: the same stream."""
+    from projects.MapLLaVA.mapllava.engine import resumable_worker_init_fn
+
+    def draws(rank: str) -> list:
+        monkeypatch.setenv('RANK', rank)
+        torch.manual_seed(1234)  # what the DataLoader does in a worker: base_seed + id
+        resumable_worker_init_fn(0)
+        return [random.random(), float(np.random.rand()), float(torch.rand(()))]
+
+    r0, r1 = draws('0'), draws('1')
+    assert all(a != b for a, b in zip(r0, r1)) and draws('0') == r0
 
 
 ITER_CHECKPOINTS = dict(checkpoint=dict(type='MapCheckpointHook', by_epoch=False, interval=1,

@@ -32,10 +32,14 @@ test_pipeline = [
     dict(type='PackMapInputs'),
 ]
 
+# Workers restart every epoch and take PyTorch's per-epoch seed (not mmengine's fixed
+# seed + worker id): each epoch augments differently, and a resumed epoch as the
+# uninterrupted run did (engine/worker_seeding.py).
 train_dataloader = dict(
     batch_size=4,
     num_workers=4,
-    persistent_workers=True,
+    persistent_workers=False,
+    worker_init_fn=dict(type='resumable_worker_init_fn'),
     sampler=dict(type='DefaultSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
