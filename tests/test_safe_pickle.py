@@ -1,7 +1,6 @@
 """Info and prediction pickles load through a restricted unpickler at every entry point: a
 crafted ``.pkl`` cannot run a command, and the refusal is one line naming file and global."""
 import base64
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -10,7 +9,8 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from _toy_training import REPO_ROOT, ToyMapModel, toy_config, write_toy_config
+from _toy_training import ToyMapModel, toy_config, write_toy_config
+from test_training_tools import _tool
 
 from projects.MapLLaVA.mapllava.datasets import NuScenesMapDataset
 from projects.MapLLaVA.mapllava.engine.cli import run_cli
@@ -19,14 +19,6 @@ from projects.MapLLaVA.mapllava.evaluation import ChamferMapMetric
 from projects.MapLLaVA.mapllava.utils.safe_pickle import UnsafePickleError, safe_load_pickle
 
 FORBIDDEN = f"'{os.system.__module__}.system'"  # 'posix.system' on Linux
-
-
-def _tool(name):
-    path = osp.join(REPO_ROOT, 'tools', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'_safe_pickle_{name}', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _RunsCommand:
