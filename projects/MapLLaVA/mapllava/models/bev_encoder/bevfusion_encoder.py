@@ -135,9 +135,9 @@ class BEVFusionEncoder(BaseModule):
                 '(PackMapInputs packs inputs["points"]), or set depth_loss_weight=0')
         return dict(loss_depth=self.view_transform.depth_loss(points, data_samples))
 
-    def extract_cam_bev(self, imgs: Tensor, data_samples: Sequence) -> Tensor:
-        """(B, N, 3, H, W) images → (B, C_cam, bev_h, bev_w)."""
-        batch, num_cams, _, img_h, img_w = imgs.shape
+    def extract_img_feats(self, imgs: Tensor) -> Tensor:
+        """(B, N, 3, H, W) images → (B, N, C_img, fH, fW) features the view transform lifts."""
+        batch, num_cams = imgs.shape[:2]
         x = imgs.flatten(0, 1)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -146,8 +146,12 @@ class BEVFusionEncoder(BaseModule):
             x = self.img_neck(x)
         if isinstance(x, (list, tuple)):
             x = x[self.img_feat_level]
-        x = x.reshape(batch, num_cams, *x.shape[1:])
-        return self.view_transform(x, data_samples, (img_h, img_w))
+        return x.reshape(batch, num_cams, *x.shape[1:])
+
+    def extract_cam_bev(self, imgs: Tensor, data_samples: Sequence) -> Tensor:
+        """(B, N, 3, H, W) images → (B, C_cam, bev_h, bev_w)."""
+        return self.view_transform(self.extract_img_feats(imgs), data_samples,
+                                   imgs.shape[-2:])
 
     def extract_pts_bev(self, voxel_dict: Dict[str, Tensor], batch_size: int) -> Tensor:
         """``Det3DDataPreprocessor.voxelize`` output → (B, C_pts, bev_h, bev_w).
@@ -172,18 +176,57 @@ class BEVFusionEncoder(BaseModule):
             x = x[0]
         return resample_bev(x, self.pts_bev_range, self.grid)
 
-    def forward(self, imgs: Optional[Tensor], data_samples: Sequence,
-                voxel_dict: Optional[Dict[str, Tensor]] = None) -> Tensor:
-        """Images (B, N, 3, H, W) and/or voxels → (B, out_channels, bev_h, bev_w)."""
+    def feature_channels(self, name: str) -> int:
+        """Channels of :meth:`encode`'s output ``name``; a clear error when the branch that
+        makes it is not configured (a consumer asking for it is a config mistake)."""
+        if name in ('img_feats', 'camera_bev') and not self.with_cam:
+            raise ValueError(f'{name!r} needs the camera branch, but the BEV encoder has no '
+                             'img_backbone / view_transform')
+        if name == 'lidar_bev' and not self.with_pts:
+            raise ValueError("'lidar_bev' needs the LiDAR branch, but the BEV encoder has no "
+                             'pts_voxel_encoder / pts_middle_encoder (see '
+                             'configs/mapllava/mapllava_tiny-lidar_1xb4-demo_synthetic-nus-map.py)')
+        if name == 'img_feats':
+            return self.view_transform.in_channels
+        if name == 'camera_bev':
+            return self.view_transform.out_channels
+        if name == 'lidar_bev':
+            if self.fuser is not None:
+                return self.fuser.in_channels[-1]
+            return self.out_channels
+        if name == 'bev':
+            return self.out_channels
+        raise KeyError(f'unknown encoder output {name!r}; known: img_feats, camera_bev, '
+                       'lidar_bev, bev')
+
+    def encode(self, imgs: Optional[Tensor], data_samples: Sequence,
+               voxel_dict: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
+        """Every intermediate a consumer may read, from one pass.
+
+        ``bev``: the output map (fused with LiDAR when there is a fuser), which the map head
+        reads; ``camera_bev`` / ``lidar_bev``: each branch's map on the output grid before
+        fusion; ``img_feats``: ``(B, N, C_img, fH, fW)`` perspective features of the
+        ``img_hw`` (padded) images, which the camera BEV was lifted from.
+        """
+        out: Dict[str, Tensor] = {}
         feats: List[Tensor] = []
         if self.with_cam:
             if imgs is None:
                 raise ValueError('this encoder has a camera branch but got no images')
-            feats.append(self.extract_cam_bev(imgs, data_samples))
+            out['img_feats'] = self.extract_img_feats(imgs)
+            out['img_hw'] = tuple(imgs.shape[-2:])
+            out['camera_bev'] = self.view_transform(out['img_feats'], data_samples,
+                                                    out['img_hw'])
+            feats.append(out['camera_bev'])
         if self.with_pts:
             if voxel_dict is None:
                 raise ValueError('this encoder has a LiDAR branch but got no voxel_dict')
-            feats.append(self.extract_pts_bev(voxel_dict, len(data_samples)))
-        if self.fuser is not None:
-            return self.fuser(feats)
-        return feats[0]
+            out['lidar_bev'] = self.extract_pts_bev(voxel_dict, len(data_samples))
+            feats.append(out['lidar_bev'])
+        out['bev'] = self.fuser(feats) if self.fuser is not None else feats[0]
+        return out
+
+    def forward(self, imgs: Optional[Tensor], data_samples: Sequence,
+                voxel_dict: Optional[Dict[str, Tensor]] = None) -> Tensor:
+        """Images (B, N, 3, H, W) and/or voxels → (B, out_channels, bev_h, bev_w)."""
+        return self.encode(imgs, data_samples, voxel_dict)['bev']

@@ -8,6 +8,38 @@ from mmdet3d.registry import MODELS
 from mmdet3d.structures.det3d_data_sample import SampleList
 from torch import Tensor
 
+from ..necks.modalities import encoder_output, resolve_modalities
+
+
+def with_encoder_modalities(neck: dict, bev_encoder) -> dict:
+    """The neck config with each modality's channels (and the image rays' ``pc_range``)
+    taken from the built BEV encoder.
+
+    A modality the encoder cannot produce (e.g. ``lidar`` without a LiDAR branch), or
+    channels that disagree with it, fail here, when the model is built, instead of the
+    Q-Former silently reading zeros or crashing in the first forward.
+    """
+    if 'modalities' not in neck or not hasattr(bev_encoder, 'feature_channels'):
+        return neck
+    bev_defaults = dict(in_channels=neck.get('in_channels'), downsample=neck.get('downsample'),
+                        mode=neck.get('downsample_mode'))
+    resolved = resolve_modalities(neck['modalities'], bev_defaults)
+    modalities = {}
+    for name, opts in resolved.items():
+        try:
+            channels = bev_encoder.feature_channels(encoder_output(name, opts))
+        except ValueError as err:
+            raise ValueError(f'model.neck.modalities.{name} is switched on, but {err}') from None
+        if opts['in_channels'] not in (None, channels):
+            raise ValueError(f'model.neck.modalities.{name}.in_channels is '
+                             f'{opts["in_channels"]}, but the BEV encoder gives {channels} '
+                             f'channels for it')
+        opts = dict(opts, in_channels=channels)
+        if name == 'image' and opts['pc_range'] is None:
+            opts['pc_range'] = tuple(bev_encoder.grid.pc_range)
+        modalities[name] = opts
+    return dict(neck, modalities=modalities)
+
 
 @MODELS.register_module()
 class MapLLaVA(Base3DDetector):
@@ -38,7 +70,7 @@ class MapLLaVA(Base3DDetector):
                  init_cfg: Optional[dict] = None) -> None:
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
         self.bev_encoder = MODELS.build(bev_encoder)
-        self.neck = MODELS.build(neck)
+        self.neck = MODELS.build(with_encoder_modalities(neck, self.bev_encoder))
         self.bridge = MODELS.build(bridge)
         self.map_head = MODELS.build(map_head)
         self.train_cfg = train_cfg
@@ -51,9 +83,14 @@ class MapLLaVA(Base3DDetector):
 
     def _decode_inputs(self, batch_inputs_dict: dict,
                        batch_data_samples: SampleList) -> tuple[Tensor, Tensor]:
-        """BEV map and the ``(B, num_vec, D)`` instance queries the LLM bridge reads out."""
-        bev = self.extract_feat(batch_inputs_dict, batch_data_samples)
-        return bev, self.bridge(self.neck(bev))
+        """BEV map and the ``(B, num_vec, D)`` instance queries the LLM bridge reads out.
+
+        The map head always reads the encoder's output BEV map; the neck reads whichever of
+        the encoder's features its ``modalities`` name.
+        """
+        feats = self.bev_encoder.encode(batch_inputs_dict.get('imgs'), batch_data_samples,
+                                        voxel_dict=batch_inputs_dict.get('voxels'))
+        return feats['bev'], self.bridge(self.neck(feats, batch_data_samples))
 
     def loss(self, batch_inputs_dict: dict, batch_data_samples: SampleList,
              **kwargs) -> dict[str, Tensor]:
