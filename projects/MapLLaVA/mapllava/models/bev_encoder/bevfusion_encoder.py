@@ -201,13 +201,21 @@ class BEVFusionEncoder(BaseModule):
 
     def encode(self, imgs: Optional[Tensor], data_samples: Sequence,
                voxel_dict: Optional[Dict[str, Tensor]] = None) -> Dict[str, Tensor]:
-        """Every intermediate a consumer may read, from one pass.
+        """Every intermediate a consumer may read, from one pass (``forward`` with
+        ``return_all=True``, so forward hooks and compiled forwards see the call).
 
         ``bev``: the output map (fused with LiDAR when there is a fuser), which the map head
         reads; ``camera_bev`` / ``lidar_bev``: each branch's map on the output grid before
         fusion; ``img_feats``: ``(B, N, C_img, fH, fW)`` perspective features of the
         ``img_hw`` (padded) images, which the camera BEV was lifted from.
         """
+        return self(imgs, data_samples, voxel_dict=voxel_dict, return_all=True)
+
+    def forward(self, imgs: Optional[Tensor], data_samples: Sequence,
+                voxel_dict: Optional[Dict[str, Tensor]] = None,
+                return_all: bool = False) -> Tensor | Dict[str, Tensor]:
+        """Images (B, N, 3, H, W) and/or voxels → (B, out_channels, bev_h, bev_w), or with
+        ``return_all`` the dict of :meth:`encode`."""
         out: Dict[str, Tensor] = {}
         feats: List[Tensor] = []
         if self.with_cam:
@@ -224,9 +232,5 @@ class BEVFusionEncoder(BaseModule):
             out['lidar_bev'] = self.extract_pts_bev(voxel_dict, len(data_samples))
             feats.append(out['lidar_bev'])
         out['bev'] = self.fuser(feats) if self.fuser is not None else feats[0]
-        return out
+        return out if return_all else out['bev']
 
-    def forward(self, imgs: Optional[Tensor], data_samples: Sequence,
-                voxel_dict: Optional[Dict[str, Tensor]] = None) -> Tensor:
-        """Images (B, N, 3, H, W) and/or voxels → (B, out_channels, bev_h, bev_w)."""
-        return self.encode(imgs, data_samples, voxel_dict)['bev']
