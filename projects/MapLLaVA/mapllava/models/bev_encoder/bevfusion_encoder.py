@@ -180,10 +180,10 @@ class BEVFusionEncoder(BaseModule):
         """Channels of :meth:`encode`'s output ``name``; a clear error when the branch that
         makes it is not configured (a consumer asking for it is a config mistake)."""
         if name in ('img_feats', 'camera_bev') and not self.with_cam:
-            raise ValueError(f'{name!r} needs the camera branch, but the BEV encoder has no '
+            raise ValueError(f'{name!r} needs the camera branch; the BEV encoder has no '
                              'img_backbone / view_transform')
         if name == 'lidar_bev' and not self.with_pts:
-            raise ValueError("'lidar_bev' needs the LiDAR branch, but the BEV encoder has no "
+            raise ValueError("'lidar_bev' needs the LiDAR branch; the BEV encoder has no "
                              'pts_voxel_encoder / pts_middle_encoder (see '
                              'configs/mapllava/mapllava_tiny-lidar_1xb4-demo_synthetic-nus-map.py)')
         if name == 'img_feats':
