@@ -58,6 +58,17 @@ def test_batch_follows_the_data_contract():
     assert 'labels' not in no_gt.gt_instances_3d
 
 
+def test_batch_has_lidar_points_for_lidar_configs():
+    """A LiDAR-branch config is benchmarked with a point cloud per sample (it cannot run
+    without one), in the packed layout ``inputs['points']: [(N, 5) float32, ...]``."""
+    batch = make_batch(2, (64, 112), with_gt=False, num_lidar_points=500)
+    points = batch['inputs']['points']
+    assert len(points) == 2 and points[0].shape == (500, 5) and points[0].dtype == torch.float32
+    assert points[0][:, 0].abs().max() <= 30 and points[0][:, 1].abs().max() <= 60
+    assert not torch.equal(points[0], points[1])
+    assert 'points' not in make_batch(1, (64, 112), with_gt=False)['inputs']
+
+
 def test_module_timer_counts_forward_calls_and_spans():
     inner = nn.Linear(4, 4)
     model = nn.Sequential(inner, nn.ReLU())

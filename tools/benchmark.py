@@ -278,6 +278,10 @@ def _bridge_tokens(model) -> dict | None:
                 map_queries=bridge.num_map_queries)
 
 
+#: points of one nuScenes LIDAR_TOP sweep (about 34k)
+LIDAR_POINTS = 34000
+
+
 def run(args) -> dict:
     cfg, notes = load_config(args)
     img_hw, img_hw_source = find_img_size(cfg, args.mode, args.img_size)
@@ -286,9 +290,13 @@ def run(args) -> dict:
     torch.manual_seed(args.seed)
     model = build_model(cfg, device)
     head = cfg.model.map_head
+    # a LiDAR branch (voxels) or LiDAR depth supervision needs a point cloud per sample
+    depth_loss = cfg.model.bev_encoder.get('view_transform', {}).get('depth_loss_weight', 0)
+    needs_points = bool(cfg.model.data_preprocessor.get('voxel')) or (
+        args.mode == 'train' and depth_loss > 0)
     batch = make_batch(args.batch_size, img_hw, num_classes=head.get('num_classes', 3),
                        num_pts=head.get('num_pts', 20), with_gt=args.mode == 'train',
-                       seed=args.seed)
+                       seed=args.seed, num_lidar_points=LIDAR_POINTS if needs_points else 0)
     step = make_step(model, cfg, args, batch)
     # compiled: timed iterations alternate two calibrations, recompiling is an error
     batches = [batch, with_crop_shift(batch)] if args.compile else [batch]

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from mmdet3d.structures import LiDARPoints
 
 from ..transforms.formatting import PackMapInputs
 from ..transforms.map_targets import MapPermutationTargets
@@ -96,16 +97,18 @@ def random_map_vectors(rng: np.random.Generator, num_instances: int, num_classes
 def make_batch(batch_size: int, img_hw: Sequence[int], num_classes: int = 3,
                num_pts: int = 20, num_instances: int = 20,
                roi_size: Sequence[float] = (30.0, 60.0), with_gt: bool = True,
-               seed: int = 0) -> dict:
+               seed: int = 0, num_lidar_points: int = 0) -> dict:
     """``dict(inputs=dict(img=[(6, 3, H, W) uint8, ...]), data_samples=[...])`` as collated by
-    the dataloader: random images, the rig of :func:`camera_rig`, random GT (``with_gt``)."""
+    the dataloader: random images, the rig of :func:`camera_rig`, random GT (``with_gt``) and,
+    with ``num_lidar_points``, ``inputs['points']``: that many random (x, y, z, intensity,
+    ring) points per sample, x in ±roi_w, y in ±roi_h (the ROI and around it), z in [-2, 1] m."""
     rng = np.random.default_rng(seed)
     height, width = img_hw
     rig = camera_rig(img_hw)
     num_cams = len(CAM_NAMES)
     targets = MapPermutationTargets(num_pts=num_pts)
     pack = PackMapInputs()
-    imgs, samples = [], []
+    imgs, points, samples = [], [], []
     for i in range(batch_size):
         results = dict(
             rig, token=f'benchmark_{i:04d}', sample_idx=i, scene_token='benchmark',
@@ -118,10 +121,19 @@ def make_batch(batch_size: int, img_hw: Sequence[int], num_classes: int = 3,
                                                          roi_size)
             results.update(gt_map_vectors=vectors, gt_map_labels=labels, gt_map_closed=closed)
             results = targets.transform(results)
+        if num_lidar_points:
+            # x in ±roi_w, y in ±roi_h: the ROI and as much around it, as a real sweep has
+            pts = rng.uniform([-roi_size[0], -roi_size[1], -2.0, 0.0, 0.0],
+                              [roi_size[0], roi_size[1], 1.0, 255.0, 31.0],
+                              (num_lidar_points, 5))
+            results['points'] = LiDARPoints(pts.astype(np.float32), points_dim=5)
         packed = pack.transform(results)
         imgs.append(packed['inputs']['img'])
+        if num_lidar_points:
+            points.append(packed['inputs']['points'])
         samples.append(packed['data_samples'])
-    return dict(inputs=dict(img=imgs), data_samples=samples)
+    inputs = dict(img=imgs, points=points) if num_lidar_points else dict(img=imgs)
+    return dict(inputs=inputs, data_samples=samples)
 
 
 def with_crop_shift(batch: dict, shift_px: Sequence[float] = (8.0, 4.0)) -> dict:
