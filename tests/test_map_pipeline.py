@@ -293,7 +293,7 @@ def test_infos_contract_and_parallel_determinism(synthetic_root, tmp_path):
         ref = mmengine.load(os.path.join(synthetic_root, f'nuscenes_map_infos_{split}.pkl'))
         assert ours['metainfo'] == ref['metainfo'] == dict(
             classes=('divider', 'ped_crossing', 'boundary'), roi_size=(30., 60.),
-            version='v1.0-mini', dataset='nuscenes', info_version=1)
+            version='v1.0-mini', dataset='nuscenes', info_version=1, qa_version=1)
         assert [e['token'] for e in ours['data_list']] == [e['token'] for e in ref['data_list']]
         for a, b in zip(ours['data_list'], ref['data_list']):
             assert list(a['images']) == list(CAMERAS)

@@ -3,6 +3,10 @@
 Example:
     python tools/create_data.py nuscenes --root-path data/nuscenes --version v1.0-mini \
         --out-dir data/nuscenes --workers 4
+
+Infos written before the language targets existed gain them (from their map GT, which is
+kept) with ``--language-only``:
+    python tools/create_data.py nuscenes --root-path data/nuscenes --language-only
 """
 from __future__ import annotations
 
@@ -12,7 +16,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from projects.MapLLaVA.mapllava.datasets.map_gt import create_nuscenes_map_infos  # noqa: E402
+from projects.MapLLaVA.mapllava.datasets.map_gt import (  # noqa: E402
+    add_language_targets,
+    create_nuscenes_map_infos,
+)
+from projects.MapLLaVA.mapllava.datasets.map_gt.info_builder import VERSION_SPLITS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -31,11 +39,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help='add the 4th class "centerline"')
     parser.add_argument('--max-sweeps', type=int, default=10)
     parser.add_argument('--extra-tag', default='nuscenes_map')
+    parser.add_argument('--language-only', action='store_true',
+                        help='only (re)compute the language targets of the existing '
+                        '{extra-tag}_infos_{split}.pkl in --out-dir from their map GT')
     return parser.parse_args(argv)
+
+
+def add_language_only(out_dir: str, version: str, extra_tag: str) -> list[str]:
+    """Rewrite the existing info files of ``version``'s splits with language targets."""
+    paths = [os.path.join(out_dir, f'{extra_tag}_infos_{split}.pkl')
+             for split in VERSION_SPLITS[version]]
+    present = [p for p in paths if os.path.isfile(p)]
+    if not present:
+        raise FileNotFoundError(f'--language-only: none of the info files {paths} exists '
+                                '(create them first, without --language-only)')
+    for path in present:
+        print(f'{path}: language targets for {add_language_targets(path)} samples')
+    return present
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.language_only:
+        add_language_only(args.out_dir or args.root_path, args.version, args.extra_tag)
+        return
     create_nuscenes_map_infos(
         args.root_path, args.version, out_dir=args.out_dir, extra_tag=args.extra_tag,
         workers=args.workers, roi_size=tuple(args.roi), with_centerline=args.with_centerline,

@@ -30,6 +30,9 @@ class NuScenesMapDataset(BaseDataset):
     ``metainfo['classes']`` selects the classes: info labels are remapped by class *name*, so
     infos built ``--with-centerline`` serve 3-class and 4-class configs alike.
 
+    Info keys not named here reach the pipeline unchanged, e.g. ``language`` (the map
+    questions of ``datasets/map_qa.py``; absent in infos written before them).
+
     Args:
         ann_file: info ``.pkl`` or ``.json`` (relative to ``data_root`` or absolute); a
             ``.pkl`` naming any global but builtins and numpy arrays is refused.

@@ -13,7 +13,8 @@ from mmengine.structures import InstanceData
 DEFAULT_META_KEYS = ('token', 'sample_idx', 'scene_token', 'timestamp', 'cam_names',
                      'img_path', 'lidar2img', 'cam2img', 'lidar2cam', 'cam2ego',
                      'img_aug_matrix', 'ego2global', 'lidar2ego', 'ori_shape', 'img_shape',
-                     'pad_shape', 'num_views', 'roi_size', 'classes')
+                     'pad_shape', 'num_views', 'roi_size', 'classes', 'questions', 'answers',
+                     'qa_types')
 
 
 def _common_shape(shapes, key: str) -> tuple[int, int]:

@@ -151,20 +151,30 @@ def _draw_lines(img: np.ndarray, lines: np.ndarray, labels: np.ndarray, lidar2im
                     cv2.line(img, p, q, bgr, thickness, cv2.LINE_AA)
 
 
+def render_camera(image: np.ndarray, lidar2img: np.ndarray, pred: Optional[dict],
+                  gt: Optional[dict], classes: Sequence[str], score_thr: float = 0.3,
+                  lidar2ego: Optional[np.ndarray] = None,
+                  ground_height: Optional[float] = None) -> np.ndarray:
+    """One BGR camera image (a copy, original size) with GT (pale, thin) and predictions."""
+    ground = dict(lidar2ego=lidar2ego, ground_height=ground_height)
+    gt_lines, gt_labels = _as_numpy(gt, None)
+    lines, labels = _as_numpy(pred, score_thr)
+    img = np.ascontiguousarray(image.copy())
+    _draw_lines(img, gt_lines, gt_labels, lidar2img, classes, 2, True, **ground)
+    _draw_lines(img, lines, labels, lidar2img, classes, 4, False, **ground)
+    return img
+
+
 def render_cameras(images: Sequence[np.ndarray], lidar2img: np.ndarray,
                    pred: Optional[dict], gt: Optional[dict], classes: Sequence[str],
                    score_thr: float = 0.3, cam_names: Optional[Sequence[str]] = None,
                    lidar2ego: Optional[np.ndarray] = None,
                    ground_height: Optional[float] = None, tile_width: int = 640) -> np.ndarray:
     """BGR mosaic (2 x 3) of the camera images with GT (pale, thin) and predictions."""
-    ground = dict(lidar2ego=lidar2ego, ground_height=ground_height)
-    gt_lines, gt_labels = _as_numpy(gt, None)
-    lines, labels = _as_numpy(pred, score_thr)
     tiles = []
     for i, image in enumerate(images):
-        img = np.ascontiguousarray(image.copy())
-        _draw_lines(img, gt_lines, gt_labels, lidar2img[i], classes, 2, True, **ground)
-        _draw_lines(img, lines, labels, lidar2img[i], classes, 4, False, **ground)
+        img = render_camera(image, lidar2img[i], pred, gt, classes, score_thr, lidar2ego,
+                            ground_height)
         scale = tile_width / img.shape[1]
         img = cv2.resize(img, (tile_width, int(round(img.shape[0] * scale))))
         if cam_names is not None:

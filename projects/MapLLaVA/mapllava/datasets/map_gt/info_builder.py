@@ -2,7 +2,9 @@
 
 Poses and camera geometry are read in the main process; the map GT of each sample is
 computed by worker processes (the maps are indexed once before forking, so workers share
-them), with a tqdm bar. Files are written atomically (temporary file + ``os.replace``).
+them), with a tqdm bar. The language targets (``datasets/map_qa.py``) follow from the map GT
+in the main process (about 2 ms a sample). Files are written atomically (temporary file +
+``os.replace``).
 """
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from nuscenes.utils.splits import create_splits_scenes
 from pyquaternion import Quaternion
 from tqdm import tqdm
 
+from ...utils.safe_pickle import load_data_file
+from ..map_qa import QA_VERSION, build_map_qa
 from .vectorized_local_map import (
     MAP_CLASSES,
     MAP_CLASSES_WITH_CENTERLINE,
@@ -155,6 +159,48 @@ def compute_map_annos(jobs: Sequence[tuple[str, np.ndarray]], cfg: dict, workers
                          total=len(jobs), desc=desc))
 
 
+# --------------------------------------------------------------------- language targets
+def add_language(entries: Sequence[dict], classes: Sequence[str], source: str) -> int:
+    """Set ``language`` (questions and answers) of every entry that has ``map_annos``.
+
+    Returns:
+        the number of entries given language targets.
+    """
+    done = 0
+    for entry in entries:
+        if 'map_annos' not in entry:
+            continue
+        try:
+            entry['language'] = build_map_qa(entry['map_annos'], classes)
+        except ValueError as e:
+            raise ValueError(f'{source}: sample {entry.get("token")!r}: {e}') from e
+        done += 1
+    return done
+
+
+def add_language_targets(info_path: str, out_path: str | None = None) -> int:
+    """(Re)compute the ``language`` of an existing info ``.pkl`` from its ``map_annos``.
+
+    Old infos gain questions without recomputing the map GT; the file is replaced atomically
+    (``out_path`` defaults to ``info_path``), and only once every entry succeeded.
+
+    Returns:
+        the number of entries given language targets.
+    """
+    if os.path.splitext(info_path)[1].lower() not in ('.pkl', '.pickle'):
+        raise ValueError(f'{info_path}: language targets are added to .pkl info files only')
+    if not os.path.isfile(info_path):
+        raise FileNotFoundError(f'info file not found: {info_path}')
+    infos = load_data_file(info_path)  # .pkl: builtins and numpy arrays only
+    if not isinstance(infos, dict) or not {'metainfo', 'data_list'} <= set(infos):
+        raise ValueError(f'{info_path}: expected dict(metainfo=..., data_list=[...])')
+    classes = tuple(infos['metainfo'].get('classes', MAP_CLASSES))
+    done = add_language(infos['data_list'], classes, info_path)
+    infos['metainfo']['qa_version'] = QA_VERSION
+    dump_atomic(infos, out_path or info_path)
+    return done
+
+
 # --------------------------------------------------------------------- whole conversion
 def load_nuscenes(root_path: str, version: str) -> NuScenes:
     """``NuScenes`` with errors naming the missing folder / the malformed table."""
@@ -238,10 +284,12 @@ def create_nuscenes_map_infos(root_path: str, version: str = 'v1.0-mini',
             jobs = [(e['location'], e['ego2global'] @ e['lidar2ego']) for e in entries]
             for entry, annos in zip(entries, compute_map_annos(jobs, cfg, workers, split)):
                 entry['map_annos'] = annos
-        dt = time.perf_counter() - t0
         path = os.path.join(out_dir, f'{extra_tag}_infos_{split}.pkl')
+        add_language(entries, classes, path)
+        dt = time.perf_counter() - t0
         dump_atomic(dict(metainfo=dict(classes=classes, roi_size=roi_size, version=version,
-                                       dataset='nuscenes', info_version=INFO_VERSION),
+                                       dataset='nuscenes', info_version=INFO_VERSION,
+                                       qa_version=QA_VERSION),
                          data_list=entries), path)
         print(f'{split}: {len(entries)} samples in {dt:.1f}s '
               f'({len(entries) / max(dt, 1e-9):.1f} samples/s, {workers} workers) -> {path}')

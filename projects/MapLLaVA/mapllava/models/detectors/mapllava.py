@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from mmdet3d.models.detectors import Base3DDetector
 from mmdet3d.registry import MODELS
 from mmdet3d.structures.det3d_data_sample import SampleList
@@ -81,23 +82,61 @@ class MapLLaVA(Base3DDetector):
         return self.bev_encoder(batch_inputs_dict.get('imgs'), batch_data_samples,
                                 voxel_dict=batch_inputs_dict.get('voxels'))
 
-    def _decode_inputs(self, batch_inputs_dict: dict,
-                       batch_data_samples: SampleList) -> tuple[Tensor, Tensor]:
-        """BEV map and the ``(B, num_vec, D)`` instance queries the LLM bridge reads out.
+    def _scene(self, batch_inputs_dict: dict,
+               batch_data_samples: SampleList) -> tuple[Tensor, Tensor]:
+        """BEV map and the Q-Former's scene tokens.
 
         The map head always reads the encoder's output BEV map; the neck reads whichever of
         the encoder's features its ``modalities`` name.
         """
         feats = self.bev_encoder.encode(batch_inputs_dict.get('imgs'), batch_data_samples,
                                         voxel_dict=batch_inputs_dict.get('voxels'))
-        return feats['bev'], self.bridge(self.neck(feats, batch_data_samples))
+        return feats['bev'], self.neck(feats, batch_data_samples)
+
+    def _decode_inputs(self, batch_inputs_dict: dict,
+                       batch_data_samples: SampleList) -> tuple[Tensor, Tensor]:
+        """BEV map and the ``(B, num_vec, D)`` instance queries the LLM bridge reads out."""
+        bev, scene = self._scene(batch_inputs_dict, batch_data_samples)
+        return bev, self.bridge(scene)
+
+    @property
+    def with_lm_loss(self) -> bool:
+        """Whether training also scores answers to map questions (``bridge.lm_loss_weight``)."""
+        return getattr(self.bridge, 'lm_loss_weight', 0) > 0
+
+    @property
+    def can_answer(self) -> bool:
+        """Whether the bridge can put the scene into words (an LLM, not the bypass)."""
+        return hasattr(self.bridge, 'generate')
 
     def loss(self, batch_inputs_dict: dict, batch_data_samples: SampleList,
              **kwargs) -> dict[str, Tensor]:
         """Losses of every decoder layer against ``gt_instances_3d`` (see ``MapTRHead``), plus
-        ``loss_depth`` from ``inputs['points']`` when the encoder's depth loss is on."""
-        bev, queries = self._decode_inputs(batch_inputs_dict, batch_data_samples)
+        ``loss_depth`` from ``inputs['points']`` when the encoder's depth loss is on, plus
+        ``loss_lm`` (the answer's next-token loss) when ``bridge.lm_loss_weight > 0``.
+
+        One forward gives both outputs: the LLM reads ``[prompt, scene, map queries,
+        question, answer]`` and the map queries, before the text, are causal-masked from it.
+        Each sample contributes its first question (``LoadMapQuestions`` draws one); a sample
+        without one adds nothing to ``loss_lm``.
+        """
+        bev, scene = self._scene(batch_inputs_dict, batch_data_samples)
+        lm_losses = {}
+        if self.with_lm_loss:
+            questions, answers = [], []
+            for sample in batch_data_samples:
+                qs, ans = sample.metainfo.get('questions') or [], sample.metainfo.get('answers')
+                if qs and not ans:
+                    raise ValueError(f'sample {sample.metainfo.get("token")!r} has questions '
+                                     'but no answers: train with LoadMapQuestions(mode='
+                                     "'sample') in the pipeline")
+                questions.append(qs[0] if qs else None)
+                answers.append(ans[0] if qs else None)
+            queries, lm_losses = self.bridge.forward_with_text(scene, questions, answers)
+        else:
+            queries = self.bridge(scene)
         losses = self.map_head.loss(bev, queries, batch_data_samples)
+        losses.update(lm_losses)
         if getattr(self.bev_encoder, 'with_depth_loss', False):
             losses.update(self.bev_encoder.depth_loss(batch_inputs_dict.get('points'),
                                                       batch_data_samples))
@@ -106,10 +145,37 @@ class MapLLaVA(Base3DDetector):
     def predict(self, batch_inputs_dict: dict, batch_data_samples: SampleList,
                 **kwargs) -> SampleList:
         """Set ``pred_instances_3d`` (polylines in metres, LiDAR frame; scores; labels) on
-        every sample and return the samples, as mmengine's evaluators expect."""
-        bev, queries = self._decode_inputs(batch_inputs_dict, batch_data_samples)
-        results = self.map_head.predict(bev, queries, batch_data_samples)
-        return self.add_pred_to_datasample(batch_data_samples, results)
+        every sample and return the samples, as mmengine's evaluators expect.
+
+        Samples whose metainfo has ``questions`` also get ``pred_answers``:
+        ``[dict(type, question, answer)]`` generated from the same scene tokens (``type`` from
+        ``qa_types`` when the pipeline gave it). A bridge without an LLM sets none.
+        """
+        bev, scene = self._scene(batch_inputs_dict, batch_data_samples)
+        results = self.map_head.predict(bev, self.bridge(scene), batch_data_samples)
+        samples = self.add_pred_to_datasample(batch_data_samples, results)
+        if self.can_answer:
+            self._answer(scene, samples)
+        return samples
+
+    def _answer(self, scene: Tensor, samples: SampleList) -> None:
+        """Generate the answer to every question of every sample (one LLM row per question)."""
+        rows, questions = [], []
+        for index, sample in enumerate(samples):
+            for question in sample.metainfo.get('questions') or []:
+                rows.append(index)
+                questions.append(question)
+        if not questions:
+            return
+        texts = self.bridge.generate(scene[torch.tensor(rows, device=scene.device)], questions)
+        answers = iter(texts)
+        for sample in samples:
+            asked = sample.metainfo.get('questions') or []
+            if not asked:
+                continue
+            types = sample.metainfo.get('qa_types') or [None] * len(asked)
+            sample.pred_answers = [dict(type=t, question=q, answer=next(answers))
+                                   for t, q in zip(types, asked)]
 
     def _forward(self, batch_inputs_dict: dict,
                  batch_data_samples: Optional[SampleList] = None,

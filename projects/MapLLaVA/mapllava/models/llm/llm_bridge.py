@@ -1,12 +1,19 @@
-"""LLaVA-style bridge: ``[prompt, scene, map-query]`` embeddings through an LLM → queries."""
+"""LLaVA-style bridge: ``[prompt, scene, map-query, question, answer]`` through an LLM.
+
+The map queries' hidden states become the map head's instance queries; the answer tokens get a
+next-token loss, and the same sequence up to the question drives text generation.
+"""
 import contextlib
 import os
+from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from mmdet3d.registry import MODELS
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import Tensor, nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
 from .base_bridge import MapQueryBridge
@@ -24,6 +31,14 @@ from .prompt_cache import (
     prompt_states,
     recording_cache,
 )
+from .text_codec import (
+    IGNORE_INDEX,
+    ByteCodec,
+    QABatch,
+    TextCodec,
+    TokenizerCodec,
+    encode_qa,
+)
 
 MODES = ('frozen', 'lora', 'full')
 MAP_QUERY_ATTENTION = ('causal', 'bidirectional')
@@ -32,15 +47,8 @@ DEFAULT_PROMPT = ('A chat between a curious user and an artificial intelligence 
                   "pedestrian crossings, road boundaries) in this bird's-eye-view scene:")
 DEFAULT_LORA = dict(r=16, lora_alpha=32, lora_dropout=0.05,
                     target_modules=['q_proj', 'k_proj', 'v_proj', 'o_proj'])
-
-
-def byte_prompt_ids(prompt: str, vocab_size: int, bos_token_id: int | None) -> list[int]:
-    """Tokenizer-free prompt ids for config-built LLMs: BOS, then each UTF-8 byte mod vocab.
-
-    Deterministic, so a random-weight LLM always sees the same prompt tokens.
-    """
-    ids = [b % vocab_size for b in prompt.encode('utf-8')]
-    return ([bos_token_id] if bos_token_id is not None else []) + ids
+# Vicuna v1 turn layout: [prompt "... USER: <instruction>", scene, map queries, question, answer]
+DEFAULT_QUESTION_TEMPLATE = '\n{question} ASSISTANT:'
 
 
 def _from_path(loader, path: str, what: str, **kwargs):
@@ -115,8 +123,9 @@ class LLMBridge(MapQueryBridge):
 
     Modes: ``'frozen'`` (no LLM parameter trains, the LLM stays in eval mode, gradients still
     flow through it), ``'lora'`` (peft adapters on ``lora_cfg['target_modules']``; only they
-    train in the LLM), ``'full'`` (every LLM parameter trains except an untied ``lm_head``,
-    which the bridge never uses).
+    train in the LLM), ``'full'`` (every LLM parameter trains; an untied ``lm_head`` only when
+    ``lm_loss_weight > 0``: without the LM loss nothing reads it, so it stays frozen in
+    ``dtype`` with no fp32 master).
 
     Precision: ``dtype`` is the LLM's compute dtype. In ``frozen`` and ``lora`` mode the LLM's
     weights are stored in it and it runs with autocast switched off (inputs cast to it,
@@ -137,6 +146,27 @@ class LLMBridge(MapQueryBridge):
     loader): they are reloaded from ``llm_path``. So a ``frozen`` checkpoint has no LLM
     weights and a ``lora`` one only the adapters. An LLM built from ``llm_cfg`` (random weights)
     has nothing to reload from, so its weights stay in the checkpoint and resume is exact.
+
+    Language: ``forward_with_text(scene_tokens, questions, answers)`` appends one
+    ``[question_template.format(question=q), answer, EOS]`` per sample after the map queries,
+    right-padded, and returns ``(queries, dict(loss_lm=...))``; ``loss_lm`` is
+    ``lm_loss_weight`` × the mean cross-entropy of the answer tokens (EOS included) predicted
+    from the position before each, over every answer token of the batch. The map queries come
+    before the text and every text row is causal, so their states (and the map head's input)
+    do not depend on the text; right padding sits after every real token of its row, so no
+    row that is scored or read ever attends to it and no padding mask is needed (with the
+    prompt cache either). Only the scored positions go through the vocabulary head
+    (``get_output_embeddings()``). ``generate(scene_tokens, questions)`` answers greedily
+    with transformers' ``generate``: the bridge itself runs ``[prompt, scene, map queries]``
+    into a ``DynamicCache`` (so ``map_query_attention`` and the prompt cache are as in
+    training), then ``generate`` continues it from ``inputs_embeds`` of the questions, which
+    are left-padded against the map queries and masked (``attention_mask``; transformers
+    numbers the positions from it, so each question follows its map queries directly, as in
+    training). ``frozen`` mode trains ``scene_proj`` / ``map_queries`` and what feeds them
+    (Q-Former) to make the frozen LLM answer (LLaVA stage 1); ``lora`` / ``full`` also train
+    the LLM. Text ids come from the tokenizer, or for an ``llm_cfg`` LLM from ``ByteCodec``
+    (``text_codec.py``). With ``lm_loss_weight=0`` and ``forward`` the bridge is exactly the
+    map-only one.
 
     Parameter names (as the detector's ``bridge``): ``bridge.scene_proj``,
     ``bridge.map_queries``, ``bridge.out_proj``, ``bridge.llm``.
@@ -165,6 +195,11 @@ class LLMBridge(MapQueryBridge):
             ``full`` mode needs ``False``: the cached states carry gradients from one call of
             a sharded decoder layer into the next, and FSDP2 frees the layer's gathered
             weights between calls.
+        lm_loss_weight: weight of ``loss_lm`` in ``forward_with_text``. ``0`` keeps
+            ``full`` mode's untied ``lm_head`` frozen (see Modes).
+        max_answer_tokens: answer ids kept in training, EOS included, and ``generate``'s
+            default ``max_new_tokens``.
+        question_template: the question's text around ``{question}``, after the map queries.
     """
 
     def __init__(self,
@@ -183,6 +218,9 @@ class LLMBridge(MapQueryBridge):
                  projector: str = 'mlp',
                  map_query_attention: str = 'causal',
                  prompt_cache: bool = True,
+                 lm_loss_weight: float = 0.0,
+                 max_answer_tokens: int = 128,
+                 question_template: str = DEFAULT_QUESTION_TEMPLATE,
                  init_cfg: dict | None = None) -> None:
         if mode not in MODES:
             raise ValueError(f'mode must be one of {MODES}, got {mode!r}')
@@ -195,6 +233,12 @@ class LLMBridge(MapQueryBridge):
                              f"attn_implementation 'sdpa' or 'eager', got {attn_implementation!r}")
         if (llm_path is None) == (llm_cfg is None):
             raise ValueError('LLMBridge needs exactly one of llm_path and llm_cfg')
+        if lm_loss_weight < 0:
+            raise ValueError(f'lm_loss_weight must be >= 0, got {lm_loss_weight}')
+        if max_answer_tokens < 1:
+            raise ValueError(f'max_answer_tokens must be >= 1, got {max_answer_tokens}')
+        if '{question}' not in question_template:
+            raise ValueError(f'question_template {question_template!r} has no {{question}}')
         compute_dtype = to_torch_dtype(dtype)
         # full fine-tuning keeps fp32 master weights; the others store the LLM in compute dtype
         weight_dtype = torch.float32 if mode == 'full' else compute_dtype
@@ -208,13 +252,18 @@ class LLMBridge(MapQueryBridge):
         self.compute_dtype = compute_dtype
         self.map_query_attention = map_query_attention
         self.prompt_cache = bool(prompt_cache)
-        prompt_ids = self._tokenize(prompt, llm, tokenizer_path or llm_path)
+        self.lm_loss_weight = float(lm_loss_weight)
+        self.max_answer_tokens = max_answer_tokens
+        self.question_template = question_template
+        self.codec = self._build_codec(llm, tokenizer_path or llm_path)
+        prompt_ids = self.codec.prompt_ids(prompt)
         self.register_buffer('prompt_ids', torch.tensor(prompt_ids, dtype=torch.long),
                              persistent=False)
         if gradient_checkpointing:
             enable_activation_checkpointing(llm)
         allow_checkpointing_with_prompt_cache(llm)
-        self.llm = self._apply_mode(llm, mode, lora_cfg, compute_dtype)
+        self.llm = self._apply_mode(llm, mode, lora_cfg, compute_dtype,
+                                    train_head=self.lm_loss_weight > 0)
         self._frozen_prompt: tuple[tuple, PromptStates] | None = None
         self.reloadable_keys: frozenset[str] = frozenset()
         if llm_path is not None and mode != 'full':
@@ -228,15 +277,16 @@ class LLMBridge(MapQueryBridge):
         self.train()
 
     @staticmethod
-    def _tokenize(prompt: str, llm: PreTrainedModel, tokenizer_path: str | None) -> list[int]:
+    def _build_codec(llm: PreTrainedModel, tokenizer_path: str | None) -> TextCodec:
+        config = llm.config
         if tokenizer_path is None:
-            return byte_prompt_ids(prompt, llm.config.vocab_size, llm.config.bos_token_id)
+            return ByteCodec(config.vocab_size, config.bos_token_id, config.eos_token_id)
         tokenizer = _from_path(AutoTokenizer, tokenizer_path, 'tokenizer')
-        return tokenizer(prompt)['input_ids']
+        return TokenizerCodec(tokenizer, tokenizer_path, config.eos_token_id)
 
     @staticmethod
     def _apply_mode(llm: PreTrainedModel, mode: str, lora_cfg: dict | None,
-                    compute_dtype: torch.dtype) -> nn.Module:
+                    compute_dtype: torch.dtype, train_head: bool = False) -> nn.Module:
         if mode == 'frozen':
             llm.requires_grad_(False)
         elif mode == 'lora':
@@ -246,17 +296,22 @@ class LLMBridge(MapQueryBridge):
                                  autocast_adapter_dtype=True)
         else:
             head = llm.get_output_embeddings()
-            if head is not None and head.weight is not llm.get_input_embeddings().weight:
-                # never used by the bridge and never trained: no fp32 master needed
+            if (not train_head and head is not None
+                    and head.weight is not llm.get_input_embeddings().weight):
+                # unused without the LM loss and never trained: no fp32 master needed
                 head.requires_grad_(False)
                 head.to(compute_dtype)
         return llm
 
     @property
+    def causal_lm(self) -> PreTrainedModel:
+        """The transformers causal LM (adapters injected in ``lora`` mode)."""
+        return self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
+
+    @property
     def decoder(self) -> nn.Module:
         """The LLM without its vocabulary head (adapters included in ``lora`` mode)."""
-        llm = self.llm.get_base_model() if isinstance(self.llm, PeftModel) else self.llm
-        return llm.get_decoder()
+        return self.causal_lm.get_decoder()
 
     def train(self, mode: bool = True) -> 'LLMBridge':
         """In ``frozen`` mode keep the LLM in eval mode.
@@ -286,14 +341,18 @@ class LLMBridge(MapQueryBridge):
         return contextlib.nullcontext()
 
     def map_query_mask(self, batch: int, seq_len: int, num_queries: int,
-                       dtype: torch.dtype, device: torch.device, past_len: int = 0) -> Tensor:
+                       dtype: torch.dtype, device: torch.device, past_len: int = 0,
+                       num_after: int = 0) -> Tensor:
         """``(B, 1, L, past_len + L)`` mask of ``L`` new tokens after ``past_len`` cached ones:
-        causal, except that the last ``num_queries`` rows (the map queries) see every position.
+        causal, except that the ``num_queries`` rows before the last ``num_after`` (the map
+        queries, then the text) see every position up to the end of the map-query block.
         Boolean (True = attend) for SDPA, additive for eager."""
         rows = torch.arange(past_len, past_len + seq_len, device=device)
         cols = torch.arange(past_len + seq_len, device=device)
+        end = past_len + seq_len - num_after
+        in_block = (rows >= end - num_queries) & (rows < end)
         allowed = ((cols[None, :] <= rows[:, None])
-                   | (rows[:, None] >= past_len + seq_len - num_queries))
+                   | (in_block[:, None] & (cols[None, :] < end)))
         allowed = allowed[None, None].expand(batch, 1, seq_len, past_len + seq_len)
         if self.decoder.config._attn_implementation == 'sdpa':
             return allowed
@@ -324,10 +383,23 @@ class LLMBridge(MapQueryBridge):
         return self._frozen_prompt[1]
 
     def fuse(self, scene: Tensor, queries: Tensor) -> Tensor:
+        return self._decode(scene, queries)[0]
+
+    def _decode(self, scene: Tensor, queries: Tensor, text: Tensor | None = None,
+                cache: Cache | None = None) -> tuple[Tensor, Tensor]:
+        """Hidden states of the map queries and of the ``text`` embeddings after them.
+
+        ``cache`` (an empty ``DynamicCache``): filled with the keys and values of
+        ``[prompt, scene, queries]``, for ``generate`` to continue.
+        """
         decoder = self.decoder
         embed = decoder.get_input_embeddings()
         dtype = embed.weight.dtype
         parts = [scene.to(dtype), queries.to(dtype)]
+        num_text = 0
+        if text is not None:
+            parts.append(text.to(dtype))
+            num_text = text.shape[1]
         if not self.prompt_cache:  # the prompt in the sequence, one pass per layer
             prompt = embed(self.prompt_ids).to(dtype)
             parts.insert(0, prompt.unsqueeze(0).expand(scene.shape[0], -1, -1))
@@ -337,10 +409,100 @@ class LLMBridge(MapQueryBridge):
         mask = None
         if self.map_query_attention == 'bidirectional':
             mask = self.map_query_mask(batch, length, queries.shape[1], self.compute_dtype,
-                                       seq.device, past_len=past)
+                                       seq.device, past_len=past, num_after=num_text)
         positions = torch.arange(past, past + length, device=seq.device).unsqueeze(0)
         with self._precision_context(seq.device.type, dtype):
-            cache = prefix_cache(self._prompt_states(decoder), batch) if past else None
+            if cache is None:
+                cache = prefix_cache(self._prompt_states(decoder), batch) if past else None
+            elif past:
+                for layer, (keys, values) in enumerate(self._prompt_states(decoder)):
+                    cache.update(keys.expand(batch, -1, -1, -1),
+                                 values.expand(batch, -1, -1, -1), layer)
             hidden = decoder(inputs_embeds=seq, attention_mask=mask, position_ids=positions,
-                             past_key_values=cache, use_cache=False).last_hidden_state
-        return hidden[:, -queries.shape[1]:]
+                             past_key_values=cache,
+                             use_cache=isinstance(cache, DynamicCache)).last_hidden_state
+        end = length - num_text
+        return hidden[:, end - queries.shape[1]:end], hidden[:, end:]
+
+    def encode_qa(self, questions: Sequence[str | None],
+                  answers: Sequence[str | None]) -> QABatch:
+        """The bridge's codec, template and answer limit applied to one pair per sample."""
+        return encode_qa(self.codec, questions, answers, self.question_template,
+                         self.max_answer_tokens, device=self.prompt_ids.device)
+
+    def forward_with_text(self, scene_tokens: Tensor, questions: Sequence[str | None],
+                          answers: Sequence[str | None]) -> tuple[Tensor, dict[str, Tensor]]:
+        """One forward, two outputs: the map queries and the answer loss.
+
+        ``questions[b]`` / ``answers[b]``: sample ``b``'s one pair (``None``: no text for it).
+        Returns ``(B, num_map_queries, embed_dims)`` queries (as ``forward``) and
+        ``dict(loss_lm=...)``.
+        """
+        if len(questions) != scene_tokens.shape[0]:
+            raise ValueError(f'got {len(questions)} questions for a batch of '
+                             f'{scene_tokens.shape[0]} scenes')
+        scene = self.scene_proj(scene_tokens)
+        queries = self.map_queries.unsqueeze(0).expand(scene.shape[0], -1, -1)
+        qa = self.encode_qa(questions, answers)
+        text = self.decoder.get_input_embeddings()(qa.input_ids)
+        states, text_states = self._decode(scene, queries, text)
+        out = self.out_proj(states.to(self.out_proj.weight.dtype))
+        return out, dict(loss_lm=self.lm_loss_weight * self.answer_loss(text_states, qa.labels))
+
+    def answer_loss(self, text_states: Tensor, labels: Tensor) -> Tensor:
+        """Mean next-token cross-entropy over the scored (answer) positions of the batch.
+
+        Only those hidden states go through the vocabulary head; no scored token gives 0
+        (still connected to the head, so every trained parameter gets a gradient).
+        """
+        targets = labels[:, 1:]
+        scored = targets != IGNORE_INDEX
+        hidden = text_states[:, :-1][scored]
+        head = self.causal_lm.get_output_embeddings()
+        with self._precision_context(hidden.device.type, head.weight.dtype):
+            logits = head(hidden.to(head.weight.dtype))
+        loss = F.cross_entropy(logits.float(), targets[scored], reduction='sum')
+        return loss / scored.sum().clamp(min=1)
+
+    @torch.no_grad()
+    def generate(self, scene_tokens: Tensor, questions: Sequence[str],
+                 max_new_tokens: int | None = None) -> list[str]:
+        """Greedy answers, one per sample, read from the same scene as the map queries.
+
+        Call it in eval mode (``lora`` / ``full`` dropout would otherwise sample).
+        """
+        if len(questions) != scene_tokens.shape[0]:
+            raise ValueError(f'got {len(questions)} questions for a batch of '
+                             f'{scene_tokens.shape[0]} scenes')
+        if not questions:
+            return []
+        eos = self.codec.eos_token_id
+        rows = [self.codec.encode(self.question_template.format(question=q)) for q in questions]
+        if not all(rows):
+            raise ValueError(f'a question encodes to no tokens with template '
+                             f'{self.question_template!r}: {questions!r}')
+        batch, width = len(rows), max(len(r) for r in rows)
+        device = self.prompt_ids.device
+        ids = torch.full((batch, width), eos, dtype=torch.long, device=device)
+        text_mask = torch.zeros(batch, width, dtype=torch.long, device=device)
+        for b, row in enumerate(rows):  # left-padded: each question ends at the same column
+            ids[b, width - len(row):] = torch.tensor(row, device=device)
+            text_mask[b, width - len(row):] = 1
+        scene = self.scene_proj(scene_tokens)
+        queries = self.map_queries.unsqueeze(0).expand(batch, -1, -1)
+        decoder = self.decoder
+        cache = DynamicCache(config=decoder.config)
+        self._decode(scene, queries, cache=cache)
+        prefix = cache.get_seq_length()
+        text = decoder.get_input_embeddings()(ids)
+        # generate embeds only the positions after the cache; the prefix rows are placeholders
+        embeds = torch.cat([text.new_zeros(batch, prefix, text.shape[-1]), text], dim=1)
+        mask = torch.cat([text_mask.new_ones(batch, prefix), text_mask], dim=1)
+        with self._precision_context(device.type, text.dtype):
+            out = self.causal_lm.generate(
+                inputs_embeds=embeds, attention_mask=mask, past_key_values=cache,
+                max_new_tokens=max_new_tokens or self.max_answer_tokens, do_sample=False,
+                num_beams=1, eos_token_id=eos, pad_token_id=eos)
+        # from inputs_embeds alone (no input_ids), generate returns only the new tokens
+        return [self.codec.decode(row[:row.index(eos)] if eos in row else row)
+                for row in out.tolist()]

@@ -1,0 +1,18 @@
+# The demo that talks: the tiny LLM fully fine-tuned (`full`) with a next-token loss on the
+# answers to map questions (datasets/map_qa.py) beside the map losses; validation scores the
+# map (chamfer mAP) and the generated answers (MapQAMetric). The same run without the LM
+# loss: --cfg-options model.bridge.lm_loss_weight=0. Results: docs/benchmarks.md.
+_base_ = ['./mapllava_tiny_1xb4-demo_synthetic-nus-map.py']
+
+model = dict(bridge=dict(mode='full', lm_loss_weight=1.0, max_answer_tokens=8))
+_load = [dict(type='LoadMultiViewImages'), dict(type='LoadMapAnnotations'),
+         dict(type='MapRangeFilter'), dict(type='MapPermutationTargets', num_pts=20),
+         dict(type='MultiViewResize', scale=(400, 225))]
+train_dataloader = dict(dataset=dict(pipeline=[
+    *_load, dict(type='LoadMapQuestions', mode='sample'), dict(type='PackMapInputs')]))
+val_dataloader = dict(dataset=dict(pipeline=[
+    *_load, dict(type='LoadMapQuestions', mode='all'), dict(type='PackMapInputs')]))
+test_dataloader = val_dataloader
+val_evaluator = [dict(type='ChamferMapMetric', ann_file='data/nuscenes/nuscenes_map_infos_val.pkl'),
+                 dict(type='MapQAMetric', ann_file='data/nuscenes/nuscenes_map_infos_val.pkl')]
+test_evaluator = val_evaluator
