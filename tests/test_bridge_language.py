@@ -275,3 +275,25 @@ def test_generate_reads_the_scene_after_overfitting(mode) -> None:
     assert losses['loss_lm'] < 0.5
     assert br.eval().generate(x, questions, max_new_tokens=4) == answers
     assert br.generate(x.flip(0), questions, max_new_tokens=4) == answers[::-1]
+
+
+def test_several_questions_per_scene_are_sequences_of_their_own() -> None:
+    """``rows`` asks several questions about one scene: the same loss and map queries as the
+    scenes repeated, one pair per row, with the queries of each scene's first row."""
+    br = bridge('full', lm_loss_weight=1.0).eval()
+    x = scene()
+    qs, ans = [QUESTIONS[0], QUESTIONS[1], QUESTIONS[1]], [ANSWERS[0], ANSWERS[1], ANSWERS[1]]
+    with torch.no_grad():
+        queries, losses = br.forward_with_text(x, qs, ans, rows=[0, 0, 1])
+        rep_queries, rep = br.forward_with_text(x[[0, 0, 1]], qs, ans)
+    torch.testing.assert_close(losses['loss_lm'], rep['loss_lm'], rtol=0, atol=1e-6)
+    torch.testing.assert_close(queries, rep_queries[[0, 2]], rtol=0, atol=1e-6)
+    torch.testing.assert_close(queries, br(x), rtol=0, atol=1e-5)
+    # the loss trains the scene of every row
+    x.requires_grad_()
+    br.forward_with_text(x, qs, ans, rows=[0, 0, 1])[1]['loss_lm'].backward()
+    assert (x.grad.abs().flatten(1).sum(1) > 0).all()
+    with pytest.raises(ValueError, match=r'name every scene of the batch \(0..1\)'):
+        br.forward_with_text(x, qs, ans, rows=[0, 0, 0])
+    with pytest.raises(ValueError, match='2 rows for 3 questions'):
+        br.forward_with_text(x, qs, ans, rows=[0, 1])

@@ -73,3 +73,26 @@ def test_bypass_bridge_sets_no_answers():
     with torch.no_grad():
         preds = model(data['inputs'], data['data_samples'], mode='predict')
     assert not model.can_answer and 'pred_answers' not in preds[0]
+
+
+def test_every_drawn_question_is_scored():
+    """Two pairs on a sample (``LoadMapQuestions(num_questions=2)``) both count in
+    ``loss_lm``: the loss differs from the first pair's alone and equals the bridge's over
+    the pairs as rows of their own."""
+    model = build_model('full')
+    model.bridge.lm_loss_weight = 1.0
+    model.eval()  # no dropout: the same scene tokens in all three forwards
+    data = model.data_preprocessor(make_data(batch=2), training=True)
+    ask(data, [QUESTIONS, QUESTIONS[:1]], [['3', 'no'], ['2']])
+    with torch.no_grad():
+        both = model(data['inputs'], data['data_samples'], mode='loss')['loss_lm']
+        _, scene = model._scene(data['inputs'], data['data_samples'])
+        ref = model.bridge.forward_with_text(scene[[0, 0, 1]], QUESTIONS + QUESTIONS[:1],
+                                             ['3', 'no', '2'])[1]['loss_lm']
+        ask(data, [QUESTIONS[:1], QUESTIONS[:1]], [['3'], ['2']])
+        first = model(data['inputs'], data['data_samples'], mode='loss')['loss_lm']
+    torch.testing.assert_close(both, ref, rtol=1e-5, atol=1e-6)
+    assert not torch.isclose(both, first)
+    ask(data, [QUESTIONS, []], [['3'], []])
+    with pytest.raises(ValueError, match='has 2 questions but 1 answers'):
+        model(data['inputs'], data['data_samples'], mode='loss')

@@ -1,6 +1,7 @@
 # The demo that talks: the tiny LLM fully fine-tuned (`full`) with a next-token loss on the
-# answers to map questions (datasets/map_qa.py) beside the map losses; validation scores the
-# map (chamfer mAP) and the generated answers (MapQAMetric). The same run without the LM
+# answers to map questions (datasets/map_qa.py; all of a sample's pairs, each a sequence of
+# its own over the scene) beside the map losses; validation scores the map (chamfer mAP) and
+# the generated answers (MapQAMetric). The same run without the LM
 # loss: --cfg-options model.bridge.lm_loss_weight=0. Results: docs/benchmarks.md.
 _base_ = ['./mapllava_tiny_1xb4-demo_synthetic-nus-map.py']
 
@@ -9,7 +10,8 @@ _load = [dict(type='LoadMultiViewImages'), dict(type='LoadMapAnnotations'),
          dict(type='MapRangeFilter'), dict(type='MapPermutationTargets', num_pts=20),
          dict(type='MultiViewResize', scale=(400, 225))]
 train_dataloader = dict(dataset=dict(pipeline=[
-    *_load, dict(type='LoadMapQuestions', mode='sample'), dict(type='PackMapInputs')]))
+    *_load, dict(type='LoadMapQuestions', mode='sample', num_questions=8),
+    dict(type='PackMapInputs')]))
 val_dataloader = dict(dataset=dict(pipeline=[
     *_load, dict(type='LoadMapQuestions', mode='all'), dict(type='PackMapInputs')]))
 test_dataloader = val_dataloader

@@ -117,22 +117,27 @@ class MapLLaVA(Base3DDetector):
 
         One forward gives both outputs: the LLM reads ``[prompt, scene, map queries,
         question, answer]`` and the map queries, before the text, are causal-masked from it.
-        Each sample contributes its first question (``LoadMapQuestions`` draws one); a sample
-        without one adds nothing to ``loss_lm``.
+        Every pair a sample carries (``LoadMapQuestions(num_questions=K)`` draws ``K``) is a
+        sequence of its own over that sample's scene; a sample without one adds nothing to
+        ``loss_lm``.
         """
         bev, scene = self._scene(batch_inputs_dict, batch_data_samples)
         lm_losses = {}
         if self.with_lm_loss:
-            questions, answers = [], []
-            for sample in batch_data_samples:
-                qs, ans = sample.metainfo.get('questions') or [], sample.metainfo.get('answers')
-                if qs and not ans:
-                    raise ValueError(f'sample {sample.metainfo.get("token")!r} has questions '
-                                     'but no answers: train with LoadMapQuestions(mode='
-                                     "'sample') in the pipeline")
-                questions.append(qs[0] if qs else None)
-                answers.append(ans[0] if qs else None)
-            queries, lm_losses = self.bridge.forward_with_text(scene, questions, answers)
+            questions, answers, rows = [], [], []
+            for b, sample in enumerate(batch_data_samples):
+                qs = sample.metainfo.get('questions') or []
+                ans = sample.metainfo.get('answers') or []
+                if len(qs) != len(ans):
+                    raise ValueError(f'sample {sample.metainfo.get("token")!r} has {len(qs)} '
+                                     f'questions but {len(ans)} answers: train with '
+                                     "LoadMapQuestions(mode='sample') in the pipeline")
+                pairs = list(zip(qs, ans)) or [(None, None)]
+                questions += [q for q, _ in pairs]
+                answers += [a for _, a in pairs]
+                rows += [b] * len(pairs)
+            queries, lm_losses = self.bridge.forward_with_text(scene, questions, answers,
+                                                               rows=rows)
         else:
             queries = self.bridge(scene)
         losses = self.map_head.loss(bev, queries, batch_data_samples)

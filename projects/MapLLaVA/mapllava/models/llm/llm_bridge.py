@@ -426,26 +426,46 @@ class LLMBridge(MapQueryBridge):
 
     def encode_qa(self, questions: Sequence[str | None],
                   answers: Sequence[str | None]) -> QABatch:
-        """The bridge's codec, template and answer limit applied to one pair per sample."""
+        """The bridge's codec, template and answer limit applied to one pair per row."""
         return encode_qa(self.codec, questions, answers, self.question_template,
                          self.max_answer_tokens, device=self.prompt_ids.device)
 
     def forward_with_text(self, scene_tokens: Tensor, questions: Sequence[str | None],
-                          answers: Sequence[str | None]) -> tuple[Tensor, dict[str, Tensor]]:
+                          answers: Sequence[str | None],
+                          rows: Sequence[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """One forward, two outputs: the map queries and the answer loss.
 
-        ``questions[b]`` / ``answers[b]``: sample ``b``'s one pair (``None``: no text for it).
+        ``questions[i]`` / ``answers[i]``: the ``i``-th pair (``None``: no text), asked about
+        sample ``rows[i]`` (default: pair ``b`` is sample ``b``'s only one). With several pairs
+        per sample, each is a sequence of its own over that sample's scene, as at generation;
+        the map queries, causal-masked from the text, are read from each sample's first one.
         Returns ``(B, num_map_queries, embed_dims)`` queries (as ``forward``) and
         ``dict(loss_lm=...)``.
         """
-        if len(questions) != scene_tokens.shape[0]:
-            raise ValueError(f'got {len(questions)} questions for a batch of '
-                             f'{scene_tokens.shape[0]} scenes')
+        batch = scene_tokens.shape[0]
+        if len(questions) != len(answers):
+            raise ValueError(f'got {len(questions)} questions but {len(answers)} answers')
+        if rows is None and len(questions) != batch:
+            raise ValueError(f'got {len(questions)} questions for a batch of {batch} scenes '
+                             '(pass rows= to ask several per scene)')
         scene = self.scene_proj(scene_tokens)
+        first = None
+        if rows is not None:
+            rows = [int(r) for r in rows]
+            if len(rows) != len(questions):
+                raise ValueError(f'got {len(rows)} rows for {len(questions)} questions')
+            missing = sorted(set(range(batch)) - set(rows))
+            if missing or any(r >= batch or r < 0 for r in rows):
+                raise ValueError(f'rows must name every scene of the batch (0..{batch - 1}) '
+                                 f'at least once; got {rows}')
+            first = torch.tensor([rows.index(b) for b in range(batch)], device=scene.device)
+            scene = scene[torch.tensor(rows, device=scene.device)]
         queries = self.map_queries.unsqueeze(0).expand(scene.shape[0], -1, -1)
         qa = self.encode_qa(questions, answers)
         text = self.decoder.get_input_embeddings()(qa.input_ids)
         states, text_states = self._decode(scene, queries, text)
+        if first is not None:
+            states = states[first]
         out = self.out_proj(states.to(self.out_proj.weight.dtype))
         return out, dict(loss_lm=self.lm_loss_weight * self.answer_loss(text_states, qa.labels))
 
