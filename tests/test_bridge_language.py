@@ -297,3 +297,13 @@ def test_several_questions_per_scene_are_sequences_of_their_own() -> None:
         br.forward_with_text(x, qs, ans, rows=[0, 0, 0])
     with pytest.raises(ValueError, match='2 rows for 3 questions'):
         br.forward_with_text(x, qs, ans, rows=[0, 1])
+
+
+def test_an_answer_longer_than_max_answer_tokens_is_an_error() -> None:
+    """Cut, 'straight' would train 'straigh', which no metric can parse."""
+    br = bridge('frozen', lm_loss_weight=1.0, max_answer_tokens=8)
+    x = scene(1)
+    br.forward_with_text(x, ['which way?'], ['left'])
+    with pytest.raises(ValueError, match=r"answer 'straight' to 'which way\?' is 9 tokens.*"
+                                         r'max_answer_tokens=8 \(model.bridge'):
+        br.forward_with_text(x, ['which way?'], ['straight'])

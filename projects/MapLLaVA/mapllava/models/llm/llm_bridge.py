@@ -197,8 +197,8 @@ class LLMBridge(MapQueryBridge):
             weights between calls.
         lm_loss_weight: weight of ``loss_lm`` in ``forward_with_text``. ``0`` keeps
             ``full`` mode's untied ``lm_head`` frozen (see Modes).
-        max_answer_tokens: answer ids kept in training, EOS included, and ``generate``'s
-            default ``max_new_tokens``.
+        max_answer_tokens: the longest answer in ids, EOS included: a longer training
+            answer is an error, and it is ``generate``'s default ``max_new_tokens``.
         question_template: the question's text around ``{question}``, after the map queries.
     """
 

@@ -140,8 +140,8 @@ def encode_qa(codec: TextCodec,
               device: torch.device | str | None = None) -> QABatch:
     """One (question, answer) pair per sample → :class:`QABatch`.
 
-    A sample whose question is ``None`` has no text (all padding, nothing scored). The answer
-    keeps at most ``max_answer_tokens`` ids including the EOS that ends it.
+    A sample whose question is ``None`` has no text (all padding, nothing scored). An answer
+    longer than ``max_answer_tokens`` ids, the EOS that ends it included, is an error.
     """
     if len(questions) != len(answers):
         raise ValueError(f'got {len(questions)} questions but {len(answers)} answers')
@@ -159,10 +159,12 @@ def encode_qa(codec: TextCodec,
         if not q_ids:  # the first answer id is predicted from the last question position
             raise ValueError(f'question {question!r} with template {question_template!r} '
                              'encodes to no tokens')
-        a_ids = codec.encode(answer)
-        if max_answer_tokens is not None:
-            a_ids = a_ids[:max_answer_tokens - 1]
-        a_ids = a_ids + [eos]
+        a_ids = codec.encode(answer) + [eos]
+        if max_answer_tokens is not None and len(a_ids) > max_answer_tokens:
+            # cut, it would train an answer the model can then never give in full
+            raise ValueError(f'answer {answer!r} to {question!r} is {len(a_ids)} tokens with '
+                             f'the EOS, more than max_answer_tokens={max_answer_tokens} '
+                             '(model.bridge.max_answer_tokens)')
         rows.append((q_ids + a_ids, [IGNORE_INDEX] * len(q_ids) + a_ids))
     length = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), length), eos, dtype=torch.long)
