@@ -49,11 +49,12 @@ def test_every_config_is_listed():
 
 @pytest.mark.parametrize('path', CONFIGS, ids=osp.basename)
 def test_evaluator_reads_the_val_infos(path):
-    """The dataset joins ``ann_file`` to ``data_root``; the metric reads the same file."""
+    """The dataset joins ``ann_file`` to ``data_root``; every metric reads the same file."""
     cfg = Config.fromfile(path)
     val = cfg.val_dataloader.dataset
     infos = osp.normpath(osp.join(val.data_root, val.ann_file))
-    assert infos == osp.normpath(cfg.val_evaluator.ann_file)
+    metrics = cfg.val_evaluator if isinstance(cfg.val_evaluator, list) else [cfg.val_evaluator]
+    assert [osp.normpath(m.ann_file) for m in metrics] == [infos] * len(metrics)
     train = cfg.train_dataloader.dataset
     assert osp.dirname(osp.normpath(osp.join(train.data_root, train.ann_file))) == \
         osp.dirname(infos)
