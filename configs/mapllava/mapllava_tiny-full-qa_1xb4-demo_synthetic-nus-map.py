@@ -5,7 +5,7 @@
 # loss: --cfg-options model.bridge.lm_loss_weight=0. Results: docs/benchmarks.md.
 _base_ = ['./mapllava_tiny_1xb4-demo_synthetic-nus-map.py']
 
-model = dict(bridge=dict(mode='full', lm_loss_weight=10.0, max_answer_tokens=12))
+model = dict(bridge=dict(mode='full', lm_loss_weight=100.0, max_answer_tokens=12))
 _load = [dict(type='LoadMultiViewImages'), dict(type='LoadMapAnnotations'),
          dict(type='MapRangeFilter'), dict(type='MapPermutationTargets', num_pts=20),
          dict(type='MultiViewResize', scale=(400, 225))]
