@@ -18,3 +18,11 @@ test_dataloader = val_dataloader
 val_evaluator = [dict(type='ChamferMapMetric', ann_file='data/nuscenes/nuscenes_map_infos_val.pkl'),
                  dict(type='MapQAMetric', ann_file='data/nuscenes/nuscenes_map_infos_val.pkl')]
 test_evaluator = val_evaluator
+# 12 epochs, twice the map demo's: at 6 the LLM has only learned each question's most
+# frequent answer (docs/benchmarks.md)
+max_epochs = 12
+param_scheduler = [
+    dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=20),
+    dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min_ratio=1e-2, by_epoch=True,
+         begin=0, end=max_epochs, convert_to_iter_based=True)]
+train_cfg = dict(max_epochs=max_epochs)
