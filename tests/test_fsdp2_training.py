@@ -57,6 +57,12 @@ model = dict(
     neck=dict(qformer_cfg=dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)))
 randomness = dict(seed=0)
 log_level = 'WARNING'
+# AdamW's first step is lr * sign(grad) for every element, however small the gradient: for
+# a gradient that is rounding noise (~0; 2 ranks and 1 process sum it in another order) the
+# sign is a coin flip and the runs differ by up to 2 lr there (5 of 8192 elements of a
+# ResNet downsample conv did). eps far above that noise keeps such steps negligible; steps
+# of gradients much larger than eps are unchanged.
+optim_wrapper = dict(optimizer=dict(eps=1e-6))
 '''
 # the same model and global batch in one process, with mmengine's Runner (MapRunner)
 SINGLE = '''runner_type = 'MapRunner'
