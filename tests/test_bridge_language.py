@@ -9,6 +9,7 @@ from projects.MapLLaVA.mapllava.models.llm import (
     LLMBridge,
     byte_prompt_ids,
 )
+from tests.test_qformer_llm import save_tiny_llm
 
 LLAMA = dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=256, vocab_size=512, max_position_embeddings=512)
@@ -188,17 +189,10 @@ def test_byte_codec() -> None:
 
 
 def test_tokenizer_codec(tmp_path) -> None:
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**LLAMA)).save_pretrained(tmp_path)
-    tok = Tokenizer(models.WordLevel(unk_token='<unk>'))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(['describe the map', 'is there a crossing ? ASSISTANT : yes no'],
-                            trainers.WordLevelTrainer(special_tokens=['<unk>', '<s>', '</s>']))
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='<unk>', bos_token='<s>',
-                            eos_token='</s>').save_pretrained(tmp_path)
+    save_tiny_llm(str(tmp_path), LLAMA,
+                  ['describe the map', 'is there a crossing ? ASSISTANT : yes no'])
     tokenizer = AutoTokenizer.from_pretrained(tmp_path)
     br = bridge(llm_cfg=None, llm_path=str(tmp_path), lm_loss_weight=1.0)
     qa = br.encode_qa(['is there a crossing?'], ['yes'])

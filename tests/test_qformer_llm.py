@@ -39,19 +39,25 @@ def bev(batch: int = 2) -> torch.Tensor:
 @pytest.fixture(scope='module')
 def llm_dir(tmp_path_factory) -> str:
     """A tiny Llama checkpoint with a tokenizer trained offline on a few words."""
+    path = str(tmp_path_factory.mktemp('llm'))
+    save_tiny_llm(path, LLAMA, ['describe the vectorized map', 'lane dividers road boundaries'])
+    return path
+
+
+def save_tiny_llm(path: str, llama_cfg: dict, corpus: list[str]) -> None:
+    """``save_pretrained`` a random Llama (seed 0) and a word-level tokenizer trained on
+    ``corpus`` into ``path``, as a local ``llm_path`` to load back."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    path = str(tmp_path_factory.mktemp('llm'))
     torch.manual_seed(0)
-    LlamaForCausalLM(LlamaConfig(**LLAMA)).save_pretrained(path)
+    LlamaForCausalLM(LlamaConfig(**llama_cfg)).save_pretrained(path)
     tok = Tokenizer(models.WordLevel(unk_token='<unk>'))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.train_from_iterator(['describe the vectorized map', 'lane dividers road boundaries'],
+    tok.train_from_iterator(corpus,
                             trainers.WordLevelTrainer(special_tokens=['<unk>', '<s>', '</s>']))
     PreTrainedTokenizerFast(tokenizer_object=tok, unk_token='<unk>', bos_token='<s>',
                             eos_token='</s>').save_pretrained(path)
-    return path
 
 
 def test_neck_shapes() -> None:
