@@ -12,9 +12,14 @@ SEED ?= 0
 # the camera demo + LiDAR depth supervision of the LSS depth net (training only; the test is
 # camera-only): the best of the demo runs in docs/benchmarks.md
 DEMO_CONFIG ?= configs/mapllava/mapllava_tiny-depth_1xb4-demo_synthetic-nus-map.py
+# The QA demo's set (configs/mapllava/mapllava_tiny-full-qa_*): the same 32 train scenes'
+# layout, but the ego may start anywhere on its first lane (as many scenes approach an
+# intersection as leave one), and 16 val scenes, so that every question type has more than
+# one answer on val (docs/benchmarks.md, "The demo that talks").
+QA_DATA ?= data/nuscenes-qa
 WORK_DIR ?= work_dirs/demo
 
-.PHONY: setup demo data test lint clean
+.PHONY: setup demo data data-qa test lint clean
 
 setup:
 	bash tools/setup_env.sh
@@ -25,6 +30,14 @@ $(DATA)/$(VERSION)/sample.json: | setup
 
 data: setup $(DATA)/$(VERSION)/sample.json
 	$(PY) tools/create_data.py nuscenes --root-path $(DATA) --version $(VERSION) --out-dir $(DATA)
+
+$(QA_DATA)/$(VERSION)/sample.json: | setup
+	$(PY) tools/create_synthetic_nuscenes.py --out $(QA_DATA) --version $(VERSION) --seed $(SEED) \
+		--scenes 48 --val-scenes 16 --samples-per-scene $(SAMPLES_PER_SCENE) --start-span 1.0
+
+data-qa: setup $(QA_DATA)/$(VERSION)/sample.json
+	$(PY) tools/create_data.py nuscenes --root-path $(QA_DATA) --version $(VERSION) \
+		--out-dir $(QA_DATA)
 
 # train the tiny config on CPU (validation each epoch keeps best_model.pth), then test it:
 # the mAP table is printed, BEV + camera pictures go to $(WORK_DIR)/vis

@@ -25,7 +25,10 @@ from projects.MapLLaVA.mapllava.datasets.synthetic import (
     generate,
 )
 from projects.MapLLaVA.mapllava.datasets.synthetic import generator as generator_module
+from projects.MapLLaVA.mapllava.datasets.synthetic.capture import network
+from projects.MapLLaVA.mapllava.datasets.synthetic.scenes import scene_names
 from projects.MapLLaVA.mapllava.datasets.synthetic.tables import TABLE_NAMES
+from projects.MapLLaVA.mapllava.datasets.synthetic.traffic import plan_scene
 from tools.create_synthetic_nuscenes import main as cli_main
 
 VERSION = 'v1.0-mini'
@@ -275,3 +278,41 @@ def test_marker_records_arguments(dataroot):
     with open(os.path.join(dataroot, MARKER)) as f:
         marker = json.load(f)
     assert marker['version'] == VERSION and marker['scenes'] == 2 and marker['seed'] == 3
+
+
+def test_val_scenes_add_val_scenes_and_keep_the_others():
+    """Scene i is planned from seed i, so a larger val split leaves every train scene as is."""
+    default = scene_names('v1.0-trainval', 40)
+    more_val = scene_names('v1.0-trainval', 48, val_scenes=16)
+    val = create_splits_scenes()['val']
+    assert more_val[:32] == default[:32] and more_val[32:40] == default[32:]
+    assert more_val[32:] == val[:16]
+    assert scene_names('v1.0-trainval', 10, val_scenes=0) == create_splits_scenes()['train'][:10]
+    with pytest.raises(ValueError, match='val_scenes must be in 0..10'):
+        scene_names('v1.0-trainval', 10, val_scenes=11)
+    with pytest.raises(ValueError, match='has 8 train scenes'):
+        scene_names('v1.0-mini', 10, val_scenes=1)
+
+
+def test_start_span_moves_only_where_the_ego_starts():
+    net = network('boston-seaport', 0)
+    starts = {}
+    for span in (0.5, 1.0):
+        plans = [plan_scene(net, 2.0, np.random.default_rng([0, i, 1]), span) for i in range(40)]
+        lengths = [net.lanes[p.ego.route.lane_ids[0]].path.length for p in plans]
+        fractions = [p.ego.s0 / n for p, n in zip(plans, lengths)]
+        assert max(fractions) <= span
+        starts[span] = [(p.ego.route.lane_ids[0], p.ego.speed) for p in plans], fractions
+    assert starts[0.5][0] == starts[1.0][0]          # same lanes and speeds
+    assert max(starts[1.0][1]) > 0.5                 # and some scenes now start further on
+    np.testing.assert_allclose(starts[1.0][1], 2 * np.asarray(starts[0.5][1]))
+    with pytest.raises(ValueError, match='start_span must be in'):
+        generate(GeneratorConfig(out='unused', start_span=0.0), progress=False)
+
+
+def test_marker_records_new_arguments_only_when_set(tmp_path):
+    base = GeneratorConfig(out=str(tmp_path), version='v1.0-trainval', scenes=40)
+    assert 'start_span' not in base.content_args() and 'val_scenes' not in base.content_args()
+    args = GeneratorConfig(out=str(tmp_path), version='v1.0-trainval', scenes=48, val_scenes=16,
+                           start_span=1.0).content_args()
+    assert args['start_span'] == 1.0 and args['val_scenes'] == 16 and args['scenes'] == 48

@@ -27,11 +27,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument('--seed', type=int, default=0)
     p.add_argument('--scenes', type=int, default=None,
                    help='number of scenes (default: 10 for mini, 40 for trainval, 10 for test)')
+    p.add_argument('--val-scenes', type=int, default=None,
+                   help='how many of the scenes are val (default: ~20%%, test: 0)')
     p.add_argument('--samples-per-scene', type=int, default=20, help='keyframes (2 Hz) per scene')
     p.add_argument('--image-scale', type=float, default=0.25,
                    help='camera size relative to 1600x900 (intrinsics are scaled to match)')
     p.add_argument('--sweeps', type=int, default=1,
                    help='lidar sweeps (20 Hz) stored before each keyframe, 0..9')
+    p.add_argument('--start-span', type=float, default=0.5,
+                   help='fraction of its first lane, from the start, where the ego may begin: '
+                        '0.5 keeps most intersections behind a short scene, 1.0 lets as many '
+                        'scenes approach one as leave one')
     p.add_argument('--workers', type=int, default=max(1, min(4, os.cpu_count() or 1)),
                    help='rendering processes')
     p.add_argument('--overwrite', action='store_true',
@@ -43,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     cfg = GeneratorConfig(out=args.out, version=args.version, seed=args.seed, scenes=args.scenes,
                           samples_per_scene=args.samples_per_scene, image_scale=args.image_scale,
-                          sweeps=args.sweeps, workers=args.workers, overwrite=args.overwrite)
+                          sweeps=args.sweeps, workers=args.workers, overwrite=args.overwrite,
+                          start_span=args.start_span, val_scenes=args.val_scenes)
     start = time.time()
     try:
         out = generate(cfg)

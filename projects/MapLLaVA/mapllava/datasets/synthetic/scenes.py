@@ -35,8 +35,13 @@ _MINI_LOCATIONS = {
 }
 
 
-def scene_names(version: str, count: int | None = None) -> list[str]:
-    """Names of the first ``count`` scenes of ``version``'s splits, ~80/20 train/val."""
+def scene_names(version: str, count: int | None = None,
+                val_scenes: int | None = None) -> list[str]:
+    """Names of the first ``count`` scenes of ``version``'s splits, train first.
+
+    ``val_scenes`` of them are val (default ~20 %). Scene ``i`` is planned from seed ``i``,
+    so more val scenes with the same train count add val scenes and change none of the others.
+    """
     if version not in VERSIONS:
         raise ValueError(f'unknown version {version!r}; expected one of {sorted(VERSIONS)}')
     splits = [create_splits_scenes()[s] for s in VERSIONS[version]]
@@ -47,6 +52,14 @@ def scene_names(version: str, count: int | None = None) -> list[str]:
     if len(splits) == 1:
         return list(splits[0][:count])
     train, val = splits
+    if val_scenes is not None:
+        if not 0 <= val_scenes <= min(len(val), count):
+            raise ValueError(f'{version}: val_scenes must be in 0..{min(len(val), count)} '
+                             f'for {count} scenes, got {val_scenes}')
+        if count - val_scenes > len(train):
+            raise ValueError(f'{version} has {len(train)} train scenes, but {count} scenes with '
+                             f'{val_scenes} val need {count - val_scenes}')
+        return list(train[:count - val_scenes]) + list(val[:val_scenes])
     n_val = min(len(val), max(1 if count > 1 else 0, round(count * 0.2)))
     n_train = min(len(train), count - n_val)
     n_val = count - n_train
@@ -72,14 +85,15 @@ class SceneSpec:
 
 
 def plan_scenes(names: list[str], nets: dict[str, RoadNetwork], rig: list[Sensor],
-                samples: int, sweeps: int, seed: int) -> list[SceneSpec]:
-    """Timeline, ego route and traffic of every scene."""
+                samples: int, sweeps: int, seed: int,
+                start_span: float = 0.5) -> list[SceneSpec]:
+    """Timeline, ego route and traffic of every scene (``start_span``: ``plan_scene``)."""
     specs = []
     for i, name in enumerate(names):
         location = scene_location(name, i)
         rng = np.random.default_rng([seed, i, 1])
         duration = (samples - 1) * KEYFRAME_INTERVAL + 0.1
-        plan = plan_scene(nets[location], duration, rng)
+        plan = plan_scene(nets[location], duration, rng, start_span)
         singapore = location.startswith('singapore')
         tz = timezone(timedelta(hours=8 if singapore else -4))
         local = datetime(2018, 7, 16, 9, tzinfo=tz) + timedelta(

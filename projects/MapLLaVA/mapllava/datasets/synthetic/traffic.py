@@ -91,12 +91,20 @@ class ScenePlan:
     actors: list[Actor]
 
 
-def plan_scene(net: RoadNetwork, duration: float, rng: np.random.Generator) -> ScenePlan:
-    """Ego route and speed, plus traffic, pedestrians and cones around it."""
+def plan_scene(net: RoadNetwork, duration: float, rng: np.random.Generator,
+               start_span: float = 0.5) -> ScenePlan:
+    """Ego route and speed, plus traffic, pedestrians and cones around it.
+
+    The ego starts within the first ``start_span`` of a random lane: 0.5 (the default
+    datasets) leaves the intersection a short scene starts near mostly behind it, 1.0 lets as
+    many scenes approach an intersection as leave one.
+    """
+    if not 0.0 < start_span <= 1.0:
+        raise ValueError(f'start_span must be in (0, 1], got {start_span}')
     lanes = net.driving_lanes()
     start = lanes[int(rng.integers(len(lanes)))]
     speed = float(rng.uniform(5.0, 11.0))
-    s0 = float(rng.uniform(0.0, 0.5 * start.path.length))
+    s0 = float(rng.uniform(0.0, start_span * start.path.length))
     route = random_route(net, start.id, s0 + speed * duration + 80.0, rng)
     ego = Actor('vehicle.car', EGO_SIZE, CAR_COLOURS[0], 'vehicle.moving', route, s0, speed)
 
