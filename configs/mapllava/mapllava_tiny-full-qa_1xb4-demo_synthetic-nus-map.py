@@ -22,9 +22,9 @@ test_dataloader = val_dataloader
 val_evaluator = [dict(type='ChamferMapMetric', ann_file=data_root + 'nuscenes_map_infos_val.pkl'),
                  dict(type='MapQAMetric', ann_file=data_root + 'nuscenes_map_infos_val.pkl')]
 test_evaluator = val_evaluator
-# 12 epochs, twice the map demo's: at 6 the LLM has only learned each question's most
-# frequent answer (docs/benchmarks.md)
-max_epochs = 12
+# 24 epochs, four times the map demo's: at 6 the LLM has only learned each question's most
+# frequent answer, at 12 the answers start to follow the road (docs/benchmarks.md)
+max_epochs = 24
 param_scheduler = [
     dict(type='LinearLR', start_factor=1.0 / 3, by_epoch=False, begin=0, end=20),
     dict(type='CosineAnnealingLR', T_max=max_epochs, eta_min_ratio=1e-2, by_epoch=True,
