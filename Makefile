@@ -12,8 +12,8 @@ SEED ?= 0
 # the camera demo + LiDAR depth supervision of the LSS depth net (training only; the test is
 # camera-only): the best of the demo runs in docs/benchmarks.md
 DEMO_CONFIG ?= configs/mapllava/mapllava_tiny-depth_1xb4-demo_synthetic-nus-map.py
-# The QA demo's set (configs/mapllava/mapllava_tiny-full-qa_*): the same 32 train scenes'
-# layout, but the ego may start anywhere on its first lane (as many scenes approach an
+# The QA demo's set (configs/mapllava/mapllava_tiny-full-qa_*): the same maps and 32 train
+# scenes' start lanes, but the ego may start anywhere on its first lane (as many scenes approach an
 # intersection as leave one), and 16 val scenes, so that every question type has more than
 # one answer on val (docs/benchmarks.md, "The demo that talks").
 QA_DATA ?= data/nuscenes-qa
