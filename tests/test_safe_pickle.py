@@ -239,3 +239,32 @@ def test_malformed_json_predictions_are_a_one_line_user_error(tmp_path, capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert str(bad) in err and 'not valid JSON' in err and len(err.splitlines()) == 1, err
+
+
+def test_test_out_keeps_the_answers_and_eval_map_scores_them(synthetic_root, tmp_path):
+    """A model that talks: --out keeps its generated answers (.pkl and .json alike), and
+    eval_map scores them as MapQAMetric does, beside the mAP."""
+    ann = osp.join(synthetic_root, 'nuscenes_map_infos_val.pkl')
+    infos = safe_load_pickle(ann)
+    samples = _fake_predictions(infos)
+    qa = {info['token']: info['language']['qa'] for info in infos['data_list']}
+    for sample in samples:  # the GT answers, but the first sample's divider count off by 7
+        sample['pred_answers'] = [dict(type=q['type'], question=q['question'],
+                                       answer=q['answer']) for q in qa[sample['token']]]
+    first = samples[0]['pred_answers'][0]
+    assert first['type'] == 'count_divider'
+    first['answer'] = str(int(first['answer']) + 7)
+    eval_map, metrics = _tool('eval_map'), {}
+    for ext in ('pkl', 'json'):
+        out = str(tmp_path / f'preds.{ext}')
+        dump = DumpMapPredictions(out_file_path=out)
+        dump.dataset_meta = dict(classes=('divider', 'ped_crossing', 'boundary'))
+        dump.process({}, samples)
+        dump.compute_metrics(dump.results)
+        results, _ = eval_map.load_predictions(out, ['divider'])
+        assert results[0]['answers'][0] == dict(first)
+        metrics[ext] = eval_map.main([out, '--ann-file', ann])
+    assert metrics['json'] == metrics['pkl']
+    m = metrics['pkl']
+    assert m['qa/acc_count_divider'] == (len(samples) - 1) / len(samples)
+    assert m['qa/acc_crossing_near'] == 1.0 and 'mAP' in m

@@ -12,6 +12,8 @@ PREDS (.json, or .pkl holding only builtins and numpy arrays) is either our form
 (``polylines`` is accepted for ``vectors``: ``tools/test.py --out`` writes that), or MapTR's
 submission json: ``results`` maps each sample token (or lists dicts with ``sample_token``) to
 ``dict(vectors=[dict(pts=[[x, y], ...], cls_name=str or type=int, confidence_level=float)])``.
+Results that carry ``answers=[dict(type, answer)]`` (``tools/test.py --out`` of a model that
+answers questions) also get the answer metrics of ``MapQAMetric`` as ``qa/<key>``.
 """
 from __future__ import annotations
 
@@ -33,6 +35,9 @@ from projects.MapLLaVA.mapllava.engine.dump_predictions import FORMAT_NAME  # no
 from projects.MapLLaVA.mapllava.evaluation.chamfer_map_metric import (  # noqa: E402
     MAP_CLASSES,
     evaluate_map_predictions,
+)
+from projects.MapLLaVA.mapllava.evaluation.map_qa_metric import (  # noqa: E402
+    evaluate_qa_predictions,
 )
 from projects.MapLLaVA.mapllava.utils.safe_pickle import load_data_file  # noqa: E402
 
@@ -110,6 +115,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, float]:
     results, pred_classes = load_predictions(args.preds, args.classes)
     metrics, _ = evaluate_map_predictions(results, args.ann_file, args.classes, pred_classes,
                                           args.thresholds, args.num_sample_pts, args.buffer)
+    answered = [dict(token=r['token'], answers=r['answers']) for r in results if r.get('answers')]
+    if answered:  # a model that talks: its answers (tools/test.py --out) scored as MapQAMetric
+        qa, _ = evaluate_qa_predictions(answered, args.ann_file)
+        metrics.update({f'qa/{k}': v for k, v in qa.items()})
     print(json.dumps(metrics, indent=2))
     if args.out:
         mmengine.mkdir_or_exist(osp.dirname(osp.abspath(args.out)))

@@ -33,12 +33,18 @@ def _numpy(x, dtype) -> np.ndarray:
 
 
 def prediction_record(data_sample: dict) -> dict:
-    """One sample's predictions as plain numpy: token, polylines, scores, labels."""
+    """One sample's predictions as plain numpy: token, polylines, scores, labels, and the
+    generated ``answers`` (str fields only) when the model answered questions, so that
+    ``tools/eval_map.py`` can score them again too."""
     pred = data_sample['pred_instances_3d']
-    return dict(token=data_sample['token'],
-                polylines=_numpy(pred['polylines'], np.float32),
-                scores=_numpy(pred['scores'], np.float32),
-                labels=_numpy(pred['labels'], np.int64))
+    record = dict(token=data_sample['token'],
+                  polylines=_numpy(pred['polylines'], np.float32),
+                  scores=_numpy(pred['scores'], np.float32),
+                  labels=_numpy(pred['labels'], np.int64))
+    if 'pred_answers' in data_sample:
+        record['answers'] = [{k: str(a[k]) for k in ('type', 'question', 'answer') if k in a}
+                             for a in data_sample['pred_answers']]
+    return record
 
 
 @METRICS.register_module()
@@ -47,7 +53,8 @@ class DumpMapPredictions(BaseMetric):
 
     File layout (``.pkl``, or ``.json`` with lists for arrays): ``dict(meta=dict(format,
     version, classes, roi_size), results=[dict(token, polylines (K, P, 2) float32 metres,
-    scores (K,) float32, labels (K,) int64), ...])``. Returns no metrics.
+    scores (K,) float32, labels (K,) int64[, answers=[dict(type, question, answer)]]), ...])``.
+    Returns no metrics.
     """
 
     default_prefix = 'dump'
