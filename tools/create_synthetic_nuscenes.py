@@ -18,6 +18,9 @@ from projects.MapLLaVA.mapllava.datasets.synthetic import (  # noqa: E402
     OutputFolderError,
     generate,
 )
+from projects.MapLLaVA.mapllava.datasets.synthetic.traffic import (  # noqa: E402
+    DEFAULT_START_SPAN,
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help='camera size relative to 1600x900 (intrinsics are scaled to match)')
     p.add_argument('--sweeps', type=int, default=1,
                    help='lidar sweeps (20 Hz) stored before each keyframe, 0..9')
-    p.add_argument('--start-span', type=float, default=0.5,
+    p.add_argument('--start-span', type=float, default=DEFAULT_START_SPAN,
                    help='fraction of its first lane, from the start, where the ego may begin: '
                         '0.5 keeps most intersections behind a short scene, 1.0 lets as many '
                         'scenes approach one as leave one')

@@ -23,6 +23,7 @@ from .road_network import LOCATIONS
 from .scenes import MAX_SWEEPS, SceneSpec, plan_scenes, scene_names
 from .sensor_rig import Sensor, build_rig
 from .tables import Annotation, build_tables
+from .traffic import DEFAULT_START_SPAN, check_start_span
 
 MARKER = '.synthetic_nuscenes.json'
 FORMAT_VERSION = 1
@@ -47,7 +48,7 @@ class GeneratorConfig:
     sweeps: int = 1
     workers: int = 1
     overwrite: bool = False
-    start_span: float = 0.5
+    start_span: float = DEFAULT_START_SPAN
     val_scenes: int | None = None
 
     def content_args(self) -> dict:
@@ -60,7 +61,7 @@ class GeneratorConfig:
         args = dict(format=FORMAT_VERSION, version=self.version, seed=self.seed,
                     scenes=len(names), samples_per_scene=self.samples_per_scene,
                     image_scale=self.image_scale, sweeps=self.sweeps)
-        if self.start_span != 0.5:
+        if self.start_span != DEFAULT_START_SPAN:
             args['start_span'] = self.start_span
         if self.val_scenes is not None:
             args['val_scenes'] = self.val_scenes
@@ -109,8 +110,7 @@ def _validate(cfg: GeneratorConfig) -> dict:
         raise ValueError(f'workers must be >= 1, got {cfg.workers}')
     if not 0 <= cfg.sweeps <= MAX_SWEEPS:
         raise ValueError(f'sweeps must be in 0..{MAX_SWEEPS}, got {cfg.sweeps}')
-    if not 0.0 < cfg.start_span <= 1.0:
-        raise ValueError(f'start_span must be in (0, 1], got {cfg.start_span}')
+    check_start_span(cfg.start_span)
     build_rig(cfg.image_scale)           # validates the scale
     return cfg.content_args()            # validates version and scene count
 

@@ -16,7 +16,7 @@ from nuscenes.utils.splits import create_splits_scenes
 from .road_network import LOCATIONS, RoadNetwork
 from .sensor_rig import LIDAR, Sensor
 from .tables import SceneRecord, SensorReading
-from .traffic import ScenePlan, plan_scene
+from .traffic import DEFAULT_START_SPAN, ScenePlan, plan_scene
 
 VERSIONS = {'v1.0-mini': ('mini_train', 'mini_val'), 'v1.0-trainval': ('train', 'val'),
             'v1.0-test': ('test',)}
@@ -86,7 +86,7 @@ class SceneSpec:
 
 def plan_scenes(names: list[str], nets: dict[str, RoadNetwork], rig: list[Sensor],
                 samples: int, sweeps: int, seed: int,
-                start_span: float = 0.5) -> list[SceneSpec]:
+                start_span: float = DEFAULT_START_SPAN) -> list[SceneSpec]:
     """Timeline, ego route and traffic of every scene (``start_span``: ``plan_scene``)."""
     specs = []
     for i, name in enumerate(names):

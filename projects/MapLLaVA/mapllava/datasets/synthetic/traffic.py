@@ -91,16 +91,26 @@ class ScenePlan:
     actors: list[Actor]
 
 
+#: where on its first lane the ego may start, as a fraction from the lane's start (the
+#: default datasets'; ``plan_scene``)
+DEFAULT_START_SPAN = 0.5
+
+
+def check_start_span(start_span: float) -> None:
+    """``start_span`` must be a fraction of a lane in (0, 1]."""
+    if not 0.0 < start_span <= 1.0:
+        raise ValueError(f'start_span must be in (0, 1], got {start_span}')
+
+
 def plan_scene(net: RoadNetwork, duration: float, rng: np.random.Generator,
-               start_span: float = 0.5) -> ScenePlan:
+               start_span: float = DEFAULT_START_SPAN) -> ScenePlan:
     """Ego route and speed, plus traffic, pedestrians and cones around it.
 
     The ego starts within the first ``start_span`` of a random lane: 0.5 (the default
     datasets) leaves the intersection a short scene starts near mostly behind it, 1.0 lets as
     many scenes approach an intersection as leave one.
     """
-    if not 0.0 < start_span <= 1.0:
-        raise ValueError(f'start_span must be in (0, 1], got {start_span}')
+    check_start_span(start_span)
     lanes = net.driving_lanes()
     start = lanes[int(rng.integers(len(lanes)))]
     speed = float(rng.uniform(5.0, 11.0))
