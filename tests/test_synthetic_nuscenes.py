@@ -292,6 +292,9 @@ def test_val_scenes_add_val_scenes_and_keep_the_others():
         scene_names('v1.0-trainval', 10, val_scenes=11)
     with pytest.raises(ValueError, match='has 8 train scenes'):
         scene_names('v1.0-mini', 10, val_scenes=1)
+    with pytest.raises(ValueError, match='v1.0-test has no val split'):
+        scene_names('v1.0-test', 4, val_scenes=2)
+    assert scene_names('v1.0-test', 4, val_scenes=0) == scene_names('v1.0-test', 4)
 
 
 def test_start_span_moves_only_where_the_ego_starts():

@@ -50,6 +50,8 @@ def scene_names(version: str, count: int | None = None,
     if not 1 <= count <= available:
         raise ValueError(f'{version} has 1..{available} scenes, asked for {count}')
     if len(splits) == 1:
+        if val_scenes:
+            raise ValueError(f'{version} has no val split, got val_scenes={val_scenes}')
         return list(splits[0][:count])
     train, val = splits
     if val_scenes is not None:
