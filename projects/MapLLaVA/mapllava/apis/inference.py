@@ -194,6 +194,14 @@ class MapInferencer:
         with self._lock, torch.no_grad():
             return self.model.test_step(pseudo_collate([data]))[0]
 
+    def scene_tokens(self, token: str) -> np.ndarray:
+        """``(T, D_q)`` scene tokens of a dataset sample: what the LLM reads of it."""
+        data = self.sample_inputs(token)
+        with self._lock, torch.no_grad():
+            batch = self.model.data_preprocessor(pseudo_collate([data]), False)
+            tokens = self.model.scene_tokens(batch['inputs'], batch['data_samples'])
+        return tokens[0].float().cpu().numpy()
+
     def predict_sample(self, token: str) -> Det3DDataSample:
         """The (cached) question-less prediction of a dataset sample, with its GT."""
         with self._lock:

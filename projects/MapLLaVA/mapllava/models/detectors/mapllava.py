@@ -93,6 +93,10 @@ class MapLLaVA(Base3DDetector):
                                         voxel_dict=batch_inputs_dict.get('voxels'))
         return feats['bev'], self.neck(feats, batch_data_samples)
 
+    def scene_tokens(self, batch_inputs_dict: dict, batch_data_samples: SampleList) -> Tensor:
+        """``(B, T, D_q)`` scene tokens, all the LLM sees of the scene (for read-out probes)."""
+        return self._scene(batch_inputs_dict, batch_data_samples)[1]
+
     def _decode_inputs(self, batch_inputs_dict: dict,
                        batch_data_samples: SampleList) -> tuple[Tensor, Tensor]:
         """BEV map and the ``(B, num_vec, D)`` instance queries the LLM bridge reads out."""
