@@ -17,9 +17,11 @@ DEMO_CONFIG ?= configs/mapllava/mapllava_tiny-depth_1xb4-demo_synthetic-nus-map.
 # intersection as leave one), and 16 val scenes, so that every question type has more than
 # one answer on val (docs/benchmarks.md, "The demo that talks").
 QA_DATA ?= data/nuscenes-qa
+# three times the QA demo's train scenes and 16 val scenes of their own (the -16e_*-112 config)
+QA112_DATA ?= data/nuscenes-qa-112
 WORK_DIR ?= work_dirs/demo
 
-.PHONY: setup demo data data-qa test lint clean
+.PHONY: setup demo data data-qa data-qa-112 test lint clean
 
 setup:
 	bash tools/setup_env.sh
@@ -38,6 +40,15 @@ $(QA_DATA)/$(VERSION)/sample.json: | setup
 data-qa: setup $(QA_DATA)/$(VERSION)/sample.json
 	$(PY) tools/create_data.py nuscenes --root-path $(QA_DATA) --version $(VERSION) \
 		--out-dir $(QA_DATA)
+
+$(QA112_DATA)/$(VERSION)/sample.json: | setup
+	$(PY) tools/create_synthetic_nuscenes.py --out $(QA112_DATA) --version $(VERSION) \
+		--seed $(SEED) --scenes 112 --val-scenes 16 --samples-per-scene $(SAMPLES_PER_SCENE) \
+		--start-span 1.0
+
+data-qa-112: setup $(QA112_DATA)/$(VERSION)/sample.json
+	$(PY) tools/create_data.py nuscenes --root-path $(QA112_DATA) --version $(VERSION) \
+		--out-dir $(QA112_DATA)
 
 # train the tiny config on CPU (validation each epoch keeps best_model.pth), then test it:
 # the mAP table is printed, BEV + camera pictures go to $(WORK_DIR)/vis
