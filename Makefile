@@ -17,6 +17,7 @@ DEMO_CONFIG ?= configs/mapllava/mapllava_tiny-depth_1xb4-demo_synthetic-nus-map.
 # intersection as leave one), and 16 val scenes, so that every question type has more than
 # one answer on val (docs/benchmarks.md, "The demo that talks").
 QA_DATA ?= data/nuscenes-qa
+QA_SCENES ?= 48  # train + val scenes (16 of them val)
 # three times the QA demo's train scenes and 16 val scenes of their own (the -16e_*-112 config)
 QA112_DATA ?= data/nuscenes-qa-112
 WORK_DIR ?= work_dirs/demo
@@ -35,20 +36,14 @@ data: setup $(DATA)/$(VERSION)/sample.json
 
 $(QA_DATA)/$(VERSION)/sample.json: | setup
 	$(PY) tools/create_synthetic_nuscenes.py --out $(QA_DATA) --version $(VERSION) --seed $(SEED) \
-		--scenes 48 --val-scenes 16 --samples-per-scene $(SAMPLES_PER_SCENE) --start-span 1.0
+		--scenes $(QA_SCENES) --val-scenes 16 --samples-per-scene $(SAMPLES_PER_SCENE) --start-span 1.0
 
 data-qa: setup $(QA_DATA)/$(VERSION)/sample.json
 	$(PY) tools/create_data.py nuscenes --root-path $(QA_DATA) --version $(VERSION) \
 		--out-dir $(QA_DATA)
 
-$(QA112_DATA)/$(VERSION)/sample.json: | setup
-	$(PY) tools/create_synthetic_nuscenes.py --out $(QA112_DATA) --version $(VERSION) \
-		--seed $(SEED) --scenes 112 --val-scenes 16 --samples-per-scene $(SAMPLES_PER_SCENE) \
-		--start-span 1.0
-
-data-qa-112: setup $(QA112_DATA)/$(VERSION)/sample.json
-	$(PY) tools/create_data.py nuscenes --root-path $(QA112_DATA) --version $(VERSION) \
-		--out-dir $(QA112_DATA)
+data-qa-112:
+	$(MAKE) data-qa QA_DATA=$(QA112_DATA) QA_SCENES=112
 
 # train the tiny config on CPU (validation each epoch keeps best_model.pth), then test it:
 # the mAP table is printed, BEV + camera pictures go to $(WORK_DIR)/vis
