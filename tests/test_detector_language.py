@@ -2,8 +2,11 @@
 ``predict`` answers the questions in the metainfo from the same scene tokens (issue 15)."""
 import pytest
 import torch
+from mmdet3d.registry import MODELS
+from mmdet3d.utils import register_all_modules
+from mmengine.config import Config
 
-from tests.test_mapllava_detector import build_model, make_data
+from tests.test_mapllava_detector import CONFIG, build_model, make_data
 
 pytestmark = pytest.mark.usefixtures('single_thread')
 QUESTIONS = ['How many lane dividers are there?', 'Is there a pedestrian crossing within 20 m?']
@@ -96,3 +99,41 @@ def test_every_drawn_question_is_scored():
     ask(data, [QUESTIONS, []], [['3'], []])
     with pytest.raises(ValueError, match='has 2 questions but 1 answers'):
         model(data['inputs'], data['data_samples'], mode='loss')
+
+
+def _grad_norm(module: torch.nn.Module) -> float:
+    return sum(float(p.grad.abs().sum()) for p in module.parameters() if p.grad is not None)
+
+
+@pytest.mark.parametrize('into', ['encoder', 'neck', 'bridge'])
+def test_lm_gradient_stops_where_asked_and_the_losses_stay(into):
+    """``lm_gradient_into``: the answer loss trains the parts down to the one named and no
+    deeper; the map losses and ``loss_lm`` have the same values whichever it is (the map
+    queries are read before the text, the question rows from the same scene tokens)."""
+    model = build_model('full')
+    model.bridge.lm_loss_weight = 1.0
+    model.eval()  # no dropout: the Q-Former's second pass ('neck') gives the same tokens
+    data = model.data_preprocessor(make_data(batch=2), training=True)
+    ask(data, [QUESTIONS, QUESTIONS[1:]], [['3', 'no'], ['yes']])
+    ref = model(data['inputs'], data['data_samples'], mode='loss')
+    model.lm_gradient_into = into
+    losses = model(data['inputs'], data['data_samples'], mode='loss')
+    assert set(losses) == set(ref)
+    for key in ref:
+        torch.testing.assert_close(losses[key], ref[key], rtol=1e-5, atol=1e-6)
+    losses['loss_lm'].backward(retain_graph=True)
+    assert (_grad_norm(model.bev_encoder) > 0) == (into == 'encoder')
+    assert (_grad_norm(model.neck) > 0) == (into in ('encoder', 'neck'))
+    assert _grad_norm(model.bridge.scene_proj) > 0
+    assert _grad_norm(model.map_head) == 0
+    # the map losses still train the encoder and the neck through the map rows
+    sum(v for k, v in losses.items() if k != 'loss_lm').backward()
+    assert _grad_norm(model.bev_encoder) > 0 and _grad_norm(model.neck) > 0
+
+
+def test_lm_gradient_into_names_the_bad_value():
+    register_all_modules()
+    cfg = Config.fromfile(CONFIG).model
+    cfg.lm_gradient_into = 'backbone'
+    with pytest.raises(ValueError, match="model.lm_gradient_into must be one of .*'backbone'"):
+        MODELS.build(cfg)

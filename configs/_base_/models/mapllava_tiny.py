@@ -15,6 +15,9 @@ num_pts_per_vec = 20
 
 model = dict(
     type='MapLLaVA',
+    # how deep the answer loss (bridge.lm_loss_weight > 0) trains: 'encoder' (every part),
+    # 'neck' (Q-Former and bridge) or 'bridge' (the LLM bridge alone)
+    lm_gradient_into='encoder',
     data_preprocessor=dict(
         type='Det3DDataPreprocessor',
         mean=[123.675, 116.28, 103.53],

@@ -11,6 +11,10 @@ from torch import Tensor
 
 from ..necks.modalities import encoder_output, resolve_modalities
 
+#: how deep the answer loss trains: every part (``'encoder'``), or it stops before the BEV
+#: encoder (``'neck'``) or before the Q-Former (``'bridge'``)
+LM_GRADIENT_INTO = ('encoder', 'neck', 'bridge')
+
 
 def with_encoder_modalities(neck: dict, bev_encoder) -> dict:
     """The neck config with each modality's channels (and the image rays' ``pc_range``)
@@ -58,6 +62,14 @@ class MapLLaVA(Base3DDetector):
         bridge: e.g. ``LLMBridge`` / ``BypassBridge``: ``scene tokens -> (B, num_vec, D)``.
         map_head: e.g. ``MapTRHead``.
         data_preprocessor: e.g. ``Det3DDataPreprocessor`` with ``mean``/``std``.
+        lm_gradient_into: the deepest part the answer loss (``loss_lm``) trains:
+            ``'encoder'`` (all of them), ``'neck'`` (the Q-Former and the bridge) or
+            ``'bridge'`` (the LLM bridge alone). Below that only the map losses train, so
+            the BEV map the map head reads is shaped by the map alone. The map queries are
+            then read from text-free rows of their own over the scene tokens with
+            gradients, and the question rows read a copy whose graph stops there (for
+            ``'neck'`` the Q-Former runs again on the detached encoder features), at the
+            cost of one more LLM row per sample.
     """
 
     def __init__(self,
@@ -68,8 +80,13 @@ class MapLLaVA(Base3DDetector):
                  data_preprocessor: Optional[dict] = None,
                  train_cfg: Optional[dict] = None,
                  test_cfg: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None) -> None:
+                 init_cfg: Optional[dict] = None,
+                 lm_gradient_into: str = 'encoder') -> None:
+        if lm_gradient_into not in LM_GRADIENT_INTO:
+            raise ValueError(f'model.lm_gradient_into must be one of {LM_GRADIENT_INTO}, '
+                             f'got {lm_gradient_into!r}')
         super().__init__(data_preprocessor=data_preprocessor, init_cfg=init_cfg)
+        self.lm_gradient_into = lm_gradient_into
         self.bev_encoder = MODELS.build(bev_encoder)
         self.neck = MODELS.build(with_encoder_modalities(neck, self.bev_encoder))
         self.bridge = MODELS.build(bridge)
@@ -89,9 +106,13 @@ class MapLLaVA(Base3DDetector):
         The map head always reads the encoder's output BEV map; the neck reads whichever of
         the encoder's features its ``modalities`` name.
         """
-        feats = self.bev_encoder.encode(batch_inputs_dict.get('imgs'), batch_data_samples,
-                                        voxel_dict=batch_inputs_dict.get('voxels'))
+        feats = self._encode(batch_inputs_dict, batch_data_samples)
         return feats['bev'], self.neck(feats, batch_data_samples)
+
+    def _encode(self, batch_inputs_dict: dict, batch_data_samples: SampleList) -> dict:
+        """Every output of the BEV encoder (``BEVFusionEncoder.encode``) from one pass."""
+        return self.bev_encoder.encode(batch_inputs_dict.get('imgs'), batch_data_samples,
+                                       voxel_dict=batch_inputs_dict.get('voxels'))
 
     def scene_tokens(self, batch_inputs_dict: dict, batch_data_samples: SampleList) -> Tensor:
         """``(B, T, D_q)`` scene tokens, all the LLM sees of the scene (for read-out probes)."""
@@ -125,7 +146,8 @@ class MapLLaVA(Base3DDetector):
         sequence of its own over that sample's scene; a sample without one adds nothing to
         ``loss_lm``.
         """
-        bev, scene = self._scene(batch_inputs_dict, batch_data_samples)
+        feats = self._encode(batch_inputs_dict, batch_data_samples)
+        bev, scene = feats['bev'], self.neck(feats, batch_data_samples)
         lm_losses = {}
         if self.with_lm_loss:
             questions, answers, rows = [], [], []
@@ -140,8 +162,12 @@ class MapLLaVA(Base3DDetector):
                 questions += [q for q, _ in pairs]
                 answers += [a for _, a in pairs]
                 rows += [b] * len(pairs)
-            queries, lm_losses = self.bridge.forward_with_text(scene, questions, answers,
-                                                               rows=rows)
+            if self.lm_gradient_into == 'encoder':
+                queries, lm_losses = self.bridge.forward_with_text(scene, questions, answers,
+                                                                   rows=rows)
+            else:
+                queries, lm_losses = self._text_rows_detached(
+                    feats, scene, batch_data_samples, questions, answers, rows)
         else:
             queries = self.bridge(scene)
         losses = self.map_head.loss(bev, queries, batch_data_samples)
@@ -150,6 +176,22 @@ class MapLLaVA(Base3DDetector):
             losses.update(self.bev_encoder.depth_loss(batch_inputs_dict.get('points'),
                                                       batch_data_samples))
         return losses
+
+    def _text_rows_detached(self, feats: dict, scene: Tensor, batch_data_samples: SampleList,
+                            questions: list, answers: list,
+                            rows: list) -> tuple[Tensor, dict[str, Tensor]]:
+        """Map queries from ``scene`` and the answer loss from a copy whose graph stops at
+        ``lm_gradient_into``: one bridge call over both, ``[B map rows, question rows]``."""
+        if self.lm_gradient_into == 'neck':
+            detached = {k: v.detach() if isinstance(v, Tensor) else v for k, v in feats.items()}
+            text_scene = self.neck(detached, batch_data_samples)
+        else:
+            text_scene = scene.detach()
+        batch = scene.shape[0]
+        out, lm_losses = self.bridge.forward_with_text(
+            torch.cat([scene, text_scene]), [None] * batch + questions,
+            [None] * batch + answers, rows=list(range(batch)) + [batch + r for r in rows])
+        return out[:batch], lm_losses
 
     def predict(self, batch_inputs_dict: dict, batch_data_samples: SampleList,
                 **kwargs) -> SampleList:
