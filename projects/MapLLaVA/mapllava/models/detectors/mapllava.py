@@ -68,8 +68,9 @@ class MapLLaVA(Base3DDetector):
             the BEV map the map head reads is shaped by the map alone. The map queries are
             then read from text-free rows of their own over the scene tokens with
             gradients, and the question rows read a copy whose graph stops there (for
-            ``'neck'`` the Q-Former runs again on the detached encoder features), at the
-            cost of one more LLM row per sample.
+            ``'neck'`` the Q-Former runs again on the detached encoder features, with a
+            dropout draw of its own in training), at the cost of one more LLM row per
+            sample. ``lm_loss_weight=0`` builds no text rows, so then it changes nothing.
     """
 
     def __init__(self,
