@@ -17,7 +17,8 @@ DEMO_CONFIG ?= configs/mapllava/mapllava_tiny-depth_1xb4-demo_synthetic-nus-map.
 # intersection as leave one), and 16 val scenes, so that every question type has more than
 # one answer on val (docs/benchmarks.md, "The demo that talks").
 QA_DATA ?= data/nuscenes-qa
-QA_SCENES ?= 48  # train + val scenes (16 of them val)
+# train + val scenes of the QA set (16 of them val)
+QA_SCENES ?= 48
 # three times the QA demo's train scenes and 16 val scenes of their own (the -16e_*-112 config)
 QA112_DATA ?= data/nuscenes-qa-112
 WORK_DIR ?= work_dirs/demo

@@ -107,13 +107,16 @@ class MapLLaVA(Base3DDetector):
         The map head always reads the encoder's output BEV map; the neck reads whichever of
         the encoder's features its ``modalities`` name.
         """
-        feats = self._encode(batch_inputs_dict, batch_data_samples)
-        return feats['bev'], self.neck(feats, batch_data_samples)
+        feats, scene = self._features(batch_inputs_dict, batch_data_samples)
+        return feats['bev'], scene
 
-    def _encode(self, batch_inputs_dict: dict, batch_data_samples: SampleList) -> dict:
-        """Every output of the BEV encoder (``BEVFusionEncoder.encode``) from one pass."""
-        return self.bev_encoder.encode(batch_inputs_dict.get('imgs'), batch_data_samples,
-                                       voxel_dict=batch_inputs_dict.get('voxels'))
+    def _features(self, batch_inputs_dict: dict,
+                  batch_data_samples: SampleList) -> tuple[dict, Tensor]:
+        """Every output of the BEV encoder (``BEVFusionEncoder.encode``) and the scene
+        tokens: ``loss`` may run the neck again on the encoder's outputs."""
+        feats = self.bev_encoder.encode(batch_inputs_dict.get('imgs'), batch_data_samples,
+                                        voxel_dict=batch_inputs_dict.get('voxels'))
+        return feats, self.neck(feats, batch_data_samples)
 
     def scene_tokens(self, batch_inputs_dict: dict, batch_data_samples: SampleList) -> Tensor:
         """``(B, T, D_q)`` scene tokens, all the LLM sees of the scene (for read-out probes)."""
@@ -147,8 +150,8 @@ class MapLLaVA(Base3DDetector):
         sequence of its own over that sample's scene; a sample without one adds nothing to
         ``loss_lm``.
         """
-        feats = self._encode(batch_inputs_dict, batch_data_samples)
-        bev, scene = feats['bev'], self.neck(feats, batch_data_samples)
+        feats, scene = self._features(batch_inputs_dict, batch_data_samples)
+        bev = feats['bev']
         lm_losses = {}
         if self.with_lm_loss:
             questions, answers, rows = [], [], []
