@@ -14,12 +14,14 @@ import pickle
 import numpy as np
 import pytest
 from shapely.geometry import LinearRing, Polygon, box
+from shapely.ops import unary_union
 
 from projects.MapLLaVA.mapllava.datasets.map_gt import (
     MapFormatError,
     VectorizedLocalMap,
     load_nusc_map,
 )
+from projects.MapLLaVA.mapllava.datasets.map_gt.geometry import MIN_RING_AREA, union_parts
 from projects.MapLLaVA.mapllava.datasets.map_gt.info_builder import dump_atomic, load_nuscenes
 
 LOCATION = 'boston-seaport'
@@ -246,6 +248,37 @@ def test_intersection_boundaries(tmp_path):
     (island,) = [v for v, c in zip(annos['vectors'], closed) if c]
     assert signed_area(island) > 0
     assert {tuple(p) for p in np.round(island, 4)} == {(-2, 14), (2, 14), (2, 22), (-2, 22)}
+
+
+def test_island_filled_up_to_round_off_is_no_boundary(tmp_path):
+    """A lane that fills a road's island but for a 0.1 um crack: MapTR's plain union keeps the
+    crack as a hole whose ring would be one more (invisible) boundary; the converter drops
+    rings enclosing less than MIN_RING_AREA and keeps the real island of the plus."""
+    crack = 1e-7
+    b = intersection(MapBuilder((-331.0, 87.5, math.radians(30))))
+    b.lane([(-2 + crack, 14), (2, 14), (2, 22), (-2 + crack, 22)])
+    filled = extract(b, tmp_path)
+    assert all(lab == 2 for lab in filled['labels'].tolist())
+    assert not filled['is_closed'].any()  # the island is filled: no closed ring is left
+    assert len(filled['labels']) == 4  # the plus's four corners
+    # precondition: without the area rule the crack is a hole of the union
+    road = unary_union([Polygon([(-8, -80), (8, -80), (8, 80), (-8, 80)],
+                                [[(-2, 14), (2, 14), (2, 22), (-2, 22)]]),
+                        Polygon([(-2 + crack, 14), (2, 14), (2, 22), (-2 + crack, 22)])])
+    assert len(road.interiors) == 1 and road.interiors[0].length > 16
+
+
+def test_union_parts_drops_round_off_rings_only():
+    frame = Polygon([(0, 0), (4, 0), (4, 4), (0, 4)], [[(1, 1), (3, 1), (3, 3), (1, 3)]])
+    plug = box(1 + 1e-12, 1, 3, 3)  # fills the hole but for a 1e-12 m sliver
+    assert len(unary_union([frame, plug]).interiors) == 1  # MapTR's union: a crack ring
+    (whole,) = union_parts([frame, plug])
+    assert not whole.interiors and whole.area == pytest.approx(16)
+    (kept,) = union_parts([frame])  # a real hole stays
+    assert len(kept.interiors) == 1
+    assert union_parts([box(0, 0, 1, 1e-9)]) == []  # a zero-width sliver is no road
+    assert union_parts([]) == [] and union_parts([Polygon()]) == []
+    assert box(0, 0, 0.03, 0.03).area < MIN_RING_AREA < box(0, 0, 0.04, 0.04).area
 
 
 def assert_lines_subset(actual, expected):

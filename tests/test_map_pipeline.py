@@ -176,6 +176,27 @@ def test_dataset_keeps_empty_and_remaps_labels(tmp_path):
     assert annos['vectors_resampled'].shape == (2, 20, 2)
 
 
+def test_old_info_version_is_named(tmp_path, monkeypatch):
+    """Infos of an older converter still load, with a warning naming the file and version."""
+    from projects.MapLLaVA.mapllava.datasets import nuscenes_map_dataset
+    from projects.MapLLaVA.mapllava.datasets.map_gt import dump_atomic
+    from projects.MapLLaVA.mapllava.datasets.map_gt.info_builder import INFO_VERSION
+    from projects.MapLLaVA.mapllava.utils.safe_pickle import load_data_file
+    root = _fake_info(tmp_path, [0], ('divider', 'ped_crossing', 'boundary'))
+    said = []
+    monkeypatch.setattr(nuscenes_map_dataset, 'print_log', lambda msg, *a, **k: said.append(msg))
+    for version, warned in ((INFO_VERSION - 1, True), (INFO_VERSION, False), (None, False)):
+        infos = load_data_file(os.path.join(root, 'infos.pkl'))
+        infos['metainfo']['info_version'] = version
+        dump_atomic(infos, os.path.join(root, 'infos.pkl'))
+        said.clear()
+        assert len(NuScenesMapDataset(ann_file='infos.pkl', data_root=root)) == 1
+        assert [m for m in said if 'info_version' in m] == (
+            [f'{os.path.join(root, "infos.pkl")} has info_version {version}, older than this '
+             f'code\'s {INFO_VERSION} (docs/data_format.md, "Info versions"): its map GT may '
+             'differ; rerun tools/create_data.py'] if warned else [])
+
+
 def test_bad_input_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match='info file not found'):
         NuScenesMapDataset(ann_file='nope.pkl', data_root=str(tmp_path))
@@ -293,7 +314,7 @@ def test_infos_contract_and_parallel_determinism(synthetic_root, tmp_path):
         ref = mmengine.load(os.path.join(synthetic_root, f'nuscenes_map_infos_{split}.pkl'))
         assert ours['metainfo'] == ref['metainfo'] == dict(
             classes=('divider', 'ped_crossing', 'boundary'), roi_size=(30., 60.),
-            version='v1.0-mini', dataset='nuscenes', info_version=1, qa_version=1)
+            version='v1.0-mini', dataset='nuscenes', info_version=2, qa_version=1)
         assert [e['token'] for e in ours['data_list']] == [e['token'] for e in ref['data_list']]
         for a, b in zip(ours['data_list'], ref['data_list']):
             assert list(a['images']) == list(CAMERAS)

@@ -10,6 +10,7 @@ from mmengine.dataset import BaseDataset
 from mmengine.logging import print_log
 
 from ..utils.safe_pickle import load_data_file
+from .map_gt.info_builder import INFO_VERSION
 from .map_gt.vectorized_local_map import MAP_CLASSES
 
 
@@ -60,6 +61,11 @@ class NuScenesMapDataset(BaseDataset):
         self.info_classes: tuple[str, ...] = tuple(infos['metainfo'].get('classes', MAP_CLASSES))
         for key, value in infos['metainfo'].items():
             self._metainfo.setdefault(key, value)
+        version = infos['metainfo'].get('info_version')
+        if version is not None and version < INFO_VERSION:
+            print_log(f'{self.ann_file} has info_version {version}, older than this code\'s '
+                      f'{INFO_VERSION} (docs/data_format.md, "Info versions"): its map GT may '
+                      'differ; rerun tools/create_data.py', 'current', level=30)
         info_roi = infos['metainfo'].get('roi_size')
         roi = self._metainfo['roi_size']
         if info_roi is not None and (roi[0] > info_roi[0] or roi[1] > info_roi[1]):

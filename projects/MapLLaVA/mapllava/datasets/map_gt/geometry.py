@@ -10,7 +10,15 @@ from collections.abc import Iterable, Sequence
 from shapely import affinity
 from shapely.geometry import LinearRing, LineString, Polygon, box
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import linemerge
+from shapely.ops import linemerge, unary_union
+
+#: Rings of a polygon union that enclose less than this (m²) are round-off, not map
+#: geometry. Map polygons that share an edge only up to round-off (the synthetic maps' road
+#: strips and junction cores; any map whose neighbours do not share node tokens) merge into
+#: a polygon with a zero-width crack: a hole of ~1e-15 m² and up to metres of perimeter,
+#: whose ring would count as one more road boundary. Whether the crack is there at all
+#: depends on the last bit of the frame change, i.e. on the CPU's SIMD kernels.
+MIN_RING_AREA = 1e-3
 
 
 def to_local(geom: BaseGeometry, x: float, y: float, yaw: float) -> BaseGeometry:
@@ -43,6 +51,15 @@ def polygon_parts(geom: BaseGeometry | None) -> list[Polygon]:
     if hasattr(geom, 'geoms'):
         return [part for g in geom.geoms for part in polygon_parts(g)]
     return []
+
+
+def union_parts(geoms: Iterable[BaseGeometry]) -> list[Polygon]:
+    """Polygons of the union of ``geoms`` without the round-off holes and slivers whose area
+    is below :data:`MIN_RING_AREA`."""
+    geoms = [g for g in geoms if not g.is_empty]
+    parts = polygon_parts(unary_union(geoms)) if geoms else []
+    return [Polygon(p.exterior, [r for r in p.interiors if Polygon(r).area >= MIN_RING_AREA])
+            for p in parts if p.area >= MIN_RING_AREA]
 
 
 def oriented(ring: LinearRing, ccw: bool) -> LinearRing:

@@ -33,7 +33,9 @@ from .vectorized_local_map import (
 
 CAMERAS = ('CAM_FRONT', 'CAM_FRONT_RIGHT', 'CAM_FRONT_LEFT', 'CAM_BACK', 'CAM_BACK_LEFT',
            'CAM_BACK_RIGHT')
-INFO_VERSION = 1
+#: 2: the polygon unions drop round-off rings (geometry.MIN_RING_AREA); version-1 infos of
+#: maps whose polygons meet only up to round-off hold extra, CPU-dependent boundaries
+INFO_VERSION = 2
 #: info split name -> devkit split name, per nuScenes version
 VERSION_SPLITS = {
     'v1.0-mini': {'train': 'mini_train', 'val': 'mini_val'},

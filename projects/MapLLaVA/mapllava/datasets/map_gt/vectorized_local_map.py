@@ -30,11 +30,10 @@ from shapely import STRtree
 from shapely.errors import GEOSException
 from shapely.geometry import LineString, Polygon
 from shapely.geometry.base import BaseGeometry
-from shapely.ops import unary_union
 
 from ...utils.polyline import resample_polyline
 from .centerline import centerline_paths
-from .geometry import line_parts, local_box, polygon_parts, polygon_rings_to_lines, to_local
+from .geometry import line_parts, local_box, polygon_rings_to_lines, to_local, union_parts
 
 MAP_CLASSES = ('divider', 'ped_crossing', 'boundary')
 MAP_CLASSES_WITH_CENTERLINE = MAP_CLASSES + ('centerline',)
@@ -171,17 +170,13 @@ class VectorizedLocalMap:
             for _, geom in self._clipped('line', layer, patch):
                 out += [(0, part) for part in line_parts(local(geom))]
 
-        peds = [local(g) for _, g in self._clipped('poly', 'ped_crossing', patch)]
-        ped_union = polygon_parts(unary_union(peds)) if peds else []
+        peds = union_parts(local(g) for _, g in self._clipped('poly', 'ped_crossing', patch))
         out += [(1, ln) for ln in
-                polygon_rings_to_lines(ped_union, local_box(self.roi_size, PED_MARGIN))]
+                polygon_rings_to_lines(peds, local_box(self.roi_size, PED_MARGIN))]
 
-        unions = []
-        for layer in BOUNDARY_LAYERS:
-            polys = [local(g) for _, g in self._clipped('poly', layer, patch)]
-            if polys:
-                unions.append(unary_union(polys))
-        road = polygon_parts(unary_union(unions)) if unions else []
+        # MapTR's union(union(road_segment), union(lane)) is this one union of both layers
+        road = union_parts(local(g) for layer in BOUNDARY_LAYERS
+                           for _, g in self._clipped('poly', layer, patch))
         out += [(2, ln) for ln in
                 polygon_rings_to_lines(road, local_box(self.roi_size, BOUNDARY_MARGIN))]
 
