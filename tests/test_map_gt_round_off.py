@@ -15,7 +15,7 @@ from shapely.geometry import Polygon
 from shapely.ops import unary_union
 
 from projects.MapLLaVA.mapllava.datasets.map_gt import VectorizedLocalMap, load_nusc_map
-from projects.MapLLaVA.mapllava.datasets.map_gt.geometry import to_local
+from projects.MapLLaVA.mapllava.datasets.map_gt.geometry import polygon_parts, to_local
 from projects.MapLLaVA.mapllava.datasets.map_gt.vectorized_local_map import BOUNDARY_LAYERS
 from projects.MapLLaVA.mapllava.datasets.synthetic.capture import network
 from projects.MapLLaVA.mapllava.datasets.synthetic.map_expansion import write_map
@@ -56,9 +56,7 @@ def _maptr_union_holes(vmap: VectorizedLocalMap, pose: np.ndarray) -> list[float
     patch = vmap.patch_polygon(x, y, yaw)
     unions = [unary_union([to_local(g, x, y, yaw) for _, g in vmap._clipped('poly', layer, patch)])
               for layer in BOUNDARY_LAYERS]
-    road = unary_union(unions)
-    parts = list(getattr(road, 'geoms', [road]))
-    return [Polygon(r).area for p in parts if p.geom_type == 'Polygon' for r in p.interiors]
+    return [Polygon(r).area for p in polygon_parts(unary_union(unions)) for r in p.interiors]
 
 
 def test_round_off_cracks_are_no_boundaries(synthetic_map):
