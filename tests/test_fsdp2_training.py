@@ -62,8 +62,8 @@ log_level = 'WARNING'
 # sign is a coin flip and the runs differ by up to 2 lr there (5 of 8192 elements of a
 # ResNet downsample conv did). eps far above that noise keeps such steps negligible; steps
 # of gradients much larger than eps are unchanged. 1e-6 was not far enough: with every process
-# on one thread (OMP_NUM_THREADS=1) the zero-initialised sampling offsets of the decoder's
-# deformable attention, whose gradients are that small, ended up to 1.6e-4 apart; with 1e-5
+# on one thread (OMP_NUM_THREADS=1) 19 weights of the decoder's deformable-attention sampling
+# offsets (mmcv initialises them to zero; they had moved ~1e-4) ended up to 1.6e-4 apart; with 1e-5
 # the largest difference is 3.6e-6 (1 thread) and 9.3e-6 (2 threads), under the atol of 3e-5.
 optim_wrapper = dict(optimizer=dict(eps=1e-5))
 '''
