@@ -44,10 +44,17 @@ def split(tmp_path):
 
 def test_the_map_read_out_scores_the_predicted_map(split, tmp_path, capsys):
     train, val, preds = split
-    out = tmp_path / 'qa.json'
+    out, per_sample = tmp_path / 'qa.json', tmp_path / 'answers.json'
     cols = _tool('analysis_tools/qa_from_map').main(
-        [preds, '--ann-file', val, '--train-file', train, '--out', str(out)])
+        [preds, '--ann-file', val, '--train-file', train, '--out', str(out),
+         '--answers-out', str(per_sample)])
     assert json.loads(out.read_text()) == cols
+    answers = json.loads(per_sample.read_text())
+    assert answers['score_thr'] == 0.3
+    curve = {r['token']: next(a for a in r['answers'] if a['type'] == 'road_curve')
+             for r in answers['results']}
+    assert curve == dict(e=dict(type='road_curve', gt='straight', map='straight', llm='straight'),
+                         f=dict(type='road_curve', gt='right', map='left', llm='left'))
     assert set(cols) == {'baseline', 'llm', 'map'}
     assert [_gt_answers(STRAIGHT)['road_curve'], _gt_answers(RIGHT)['road_curve'],
             _gt_answers(LEFT)['road_curve']] == ['straight', 'right', 'left']

@@ -1,7 +1,7 @@
 """Answer the map questions from a model's predicted vector map, beside the LLM's own answers.
 
     python tools/analysis_tools/qa_from_map.py PREDS.json --ann-file VAL.pkl \
-        [--train-file TRAIN.pkl] [--score-thr 0.3] [--out m.json]
+        [--train-file TRAIN.pkl] [--score-thr 0.3] [--out m.json] [--answers-out a.json]
 
 PREDS is what ``tools/test.py CONFIG CKPT --out PREDS.json`` writes. The GT answers are
 ``build_map_qa`` of the GT ``map_annos``; this applies the same rules to the predicted
@@ -56,6 +56,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--classes', nargs='+', default=list(MAP_CLASSES),
                         help='label names of the predictions when the file does not name them')
     parser.add_argument('--out', help='write the metrics of every column to this .json')
+    parser.add_argument('--answers-out',
+                        help="write the map read-out's answers per sample to this .json "
+                        "(score_thr, results: [{token, answers: [{type, answer, gt}]}]), to "
+                        'see which samples a type is lost on')
     return parser.parse_args(argv)
 
 
@@ -131,9 +135,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, dict[str, float]]:
         print('the LLM says what the map read-out says: ' +
               ', '.join(f'{k[len("agree_"):]} {v:.4f}' for k, v in agree.items()))
     if args.out:
-        os.makedirs(osp.dirname(osp.abspath(args.out)), exist_ok=True)
-        atomic_write(args.out, json.dumps(columns, indent=1).encode())
+        _write_json(args.out, columns)
+    if args.answers_out:
+        _write_json(args.answers_out, dict(score_thr=args.score_thr,
+                                           results=per_sample(from_map, llm, args.ann_file)))
     return columns
+
+
+def per_sample(from_map: Sequence[dict], llm: Sequence[dict], ann_file: str) -> list[dict]:
+    """``dict(token, answers=[dict(type, gt, map, llm)])`` per sample: which samples a type
+    is lost on, and whether the LLM's answer there is the map's (``llm`` is None where the
+    predictions hold no answer)."""
+    gt = load_language(ann_file)
+    said = {r['token']: {a['type']: a['answer'] for a in r['answers']} for r in llm}
+    return [dict(token=r['token'], answers=[
+        dict(type=a['type'], gt=gt[r['token']][a['type']]['answer'], map=a['answer'],
+             llm=said.get(r['token'], {}).get(a['type'])) for a in r['answers']])
+        for r in from_map]
+
+
+def _write_json(path: str, obj) -> None:
+    os.makedirs(osp.dirname(osp.abspath(path)), exist_ok=True)
+    atomic_write(path, json.dumps(obj, indent=1).encode())
 
 
 if __name__ == '__main__':
