@@ -2,7 +2,7 @@
 # (`make data-qa-112`: 96 train scenes, 16 val scenes of their own, so the majority baseline
 # and the no-LM twin are its own) at the answer-loss weight that kept the map on the QA set
 # (50). Why: on the QA set one val scene holds every non-majority boundary count, so
-# count_boundary is decided by that scene alone; this val split has 34 of 80 roads with more
+# count_boundary is decided by that scene alone; this val split has 15 of 80 roads with more
 # than two boundaries. 32 epochs = 3840 iterations, twice the 48-epoch run's: on the QA set the
 # curve and the boundary side were the last answers learnt. Its twin:
 # --cfg-options model.bridge.lm_loss_weight=0. Results: docs/benchmarks.md.
